@@ -1,0 +1,39 @@
+# Entry points for humans and CI. Only python3 is assumed; the rest is installed here.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+.PHONY: install serve test lint bench system-deps clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: install
+	$(BIN)/python -m service $(ARGS)
+
+# promtool/prometheus (metrics tests) and hey (benchmarks) come from Debian when missing.
+system-deps:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v hey >/dev/null || \
+	  { command -v apt-get >/dev/null || { echo "need promtool, prometheus and hey: install them" >&2; exit 1; }; \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -q && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus hey; }
+
+test: install system-deps
+	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: install system-deps
+	$(BIN)/python -m bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,1 @@
+"""Gatehouse's machine-learning core: recurrent language models in pure PyTorch (no HTTP)."""

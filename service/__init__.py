@@ -1,0 +1,1 @@
+"""Gatehouse HTTP service: thin FastAPI routes over a transport-neutral data plane."""

@@ -1,0 +1,58 @@
+"""`python -m service`: settings from flags and GATEHOUSE_* env vars, then uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import sys
+
+import uvicorn
+
+from . import logs
+from .app import create_app
+from .settings import Settings, parse_args
+
+log = logging.getLogger("gatehouse")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(settings: Settings) -> str | None:
+    """An open server on a reachable address lets anyone train models: refuse by default."""
+    if is_loopback(settings.host) or settings.api_key is not None or settings.allow_open:
+        return None
+    return (
+        f"refusing to listen on {settings.host} without an API key: set --api-key "
+        "(GATEHOUSE_API_KEY), or pass --allow-open to serve it open on purpose"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_args(argv)
+    logs.configure_logging(settings.log_level)
+    problem = check_exposure(settings)
+    if problem:
+        log.error(problem)
+        return 2
+    base = f"http://{settings.host}:{settings.port}"
+    log.info("Gatehouse on %s (API docs: %s/docs), model store %s", base, base, settings.model_dir)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,  # our own middleware logs one JSON line per request
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""The FastAPI application: wiring only. The work lives in the data plane modules."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI
+
+from . import errors, logs, metrics
+from .bootstrap import bootstrap_defaults
+from .errors import JSONResponse
+from .inference import InferenceEngine
+from .limits import BodyLimitMiddleware
+from .registry import ModelRegistry, resolve_device
+from .routes import gates, health, models, predict
+from .settings import Settings
+
+log = logging.getLogger("gatehouse")
+
+DESCRIPTION = """Serve, inspect and train recurrent next-word language models (tanh RNN, LSTM,
+GRU). `/predict` gives the next-word distribution, `/gates` shows what every gate did on each
+token, `/train` trains a new model from a posted corpus, `/metrics` is for Prometheus."""
+
+
+def _torch_threads(settings: Settings) -> int:
+    return settings.torch_threads or max(1, os.cpu_count() or 1)
+
+
+async def _in_daemon_thread(fn, *args) -> None:  # type: ignore[no-untyped-def]
+    # A daemon thread, not the default executor: shutdown must not wait for a long training.
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if not done.done():
+            done.set_result(None) if error is None else done.set_exception(error)
+
+    def run() -> None:
+        error: BaseException | None = None
+        try:
+            fn(*args)
+        except BaseException as exc:  # handed to the awaiting task
+            error = exc
+        loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=run, name=getattr(fn, "__name__", "worker"), daemon=True).start()
+    await done
+
+
+async def _watch_store(registry: ModelRegistry, interval: float) -> None:
+    """Hot pick-up: new versions written by jobs or `python -m models.train` get served."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await _in_daemon_thread(registry.refresh)
+        except Exception:  # a store hiccup must not end the watcher
+            log.exception("model store refresh failed")
+
+
+async def _bootstrap(registry: ModelRegistry) -> None:
+    try:
+        await _in_daemon_thread(bootstrap_defaults, registry.model_dir)
+        await _in_daemon_thread(registry.refresh)
+    except Exception:
+        log.exception("training the default models failed; serving whatever the store has")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    torch.set_num_threads(_torch_threads(settings))
+    registry = ModelRegistry(
+        settings.model_dir, resolve_device(settings.device), settings.default_model
+    )
+    engine = InferenceEngine(settings, registry)
+    app.state.registry, app.state.engine = registry, engine
+    settings.model_dir.mkdir(parents=True, exist_ok=True)
+    await _in_daemon_thread(registry.refresh)
+    tasks = [asyncio.create_task(_watch_store(registry, settings.reload_interval_s))]
+    if not registry.has_models_on_disk() and not settings.no_bootstrap:
+        tasks.append(asyncio.create_task(_bootstrap(registry)))
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        engine.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    app = FastAPI(
+        title="Gatehouse",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        default_response_class=JSONResponse,
+    )
+    app.state.settings = settings
+    errors.install(app)
+    for router in (health.router, models.router, predict.router, gates.router):
+        app.include_router(router)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        max_upload_bytes=settings.max_corpus_bytes + 64 * 1024,
+    )
+    metrics.install(app)
+    logs.install(app)
+    return app

@@ -1,0 +1,89 @@
+"""Request-size and content-type guard, applied before any route (and so any work) runs."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from .errors import error_response
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_JSON_TYPES = ("application/json",)
+# Routes that take something other than JSON, and their own (larger) size limit.
+_MULTIPART_PATHS = ("/train",)
+
+
+class BodyLimitMiddleware:
+    """413 for bodies over the limit (declared or streamed), 415 for non-JSON bodies.
+
+    Counting the streamed bytes matters: a chunked upload has no Content-Length to check.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, max_upload_bytes: int) -> None:
+        self.app = app
+        self.max_body = max_body_bytes
+        self.max_upload = max_upload_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        upload = scope["path"] in _MULTIPART_PATHS
+        limit = self.max_upload if upload else self.max_body
+        ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+        ok_types = _JSON_TYPES + (("multipart/form-data",) if upload else ())
+        if ctype and ctype not in ok_types and not ctype.endswith("+json"):
+            want = " or ".join(ok_types)
+            await error_response(415, f"content-type {ctype!r} not supported: send {want}")(
+                scope, receive, send
+            )
+            return
+        declared = headers.get("content-length")
+        if declared is not None:
+            try:
+                too_big = int(declared) > limit
+            except ValueError:
+                await error_response(400, "invalid Content-Length header")(scope, receive, send)
+                return
+            if too_big:
+                await self._reject(scope, receive, send, limit)
+                return
+
+        seen = 0
+        over = False
+        replaced = False
+
+        async def counting_receive() -> Message:
+            nonlocal seen, over
+            if over:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    # Stop reading: the app sees an empty, final chunk and answers something;
+                    # send() below swaps that answer for the 413.
+                    over = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal replaced
+            if not over:
+                await send(message)
+            elif not replaced:
+                replaced = True
+                await self._reject(scope, receive, send, limit)
+
+        await self.app(scope, counting_receive, guarded_send)
+
+    @staticmethod
+    async def _reject(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        response = error_response(413, f"request body over the limit of {limit} bytes")
+        await response(scope, receive, send)

@@ -1,0 +1,75 @@
+"""GET /models and GET /models/{name}."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Path
+
+from models.store import NAME_RE, LoadedModel, StoreError, read_meta
+
+from ..deps import RegistryDep
+from ..errors import ApiError
+from ..registry import ModelRegistry
+from ..schemas.common import ErrorBody
+from ..schemas.models import ModelDetail, ModelList, VersionInfo
+
+router = APIRouter(tags=["models"])
+
+
+def model_info(registry: ModelRegistry, loaded: LoadedModel) -> dict[str, Any]:
+    cfg, meta = loaded.config, loaded.meta
+    return {
+        "name": loaded.name,
+        "arch": cfg.arch,
+        "version": loaded.version,
+        "default": registry.is_default(loaded.name),
+        "device": registry.device,
+        "params": loaded.model.num_params(),
+        "vocab_size": cfg.vocab_size,
+        "embedding_size": cfg.embedding_size,
+        "hidden_size": cfg.hidden_size,
+        "num_layers": cfg.num_layers,
+        "tied": cfg.tied,
+        "dropout": cfg.dropout,
+        "metrics": meta.get("metrics") or {},
+        "created_at": meta.get("created_at"),
+    }
+
+
+@router.get("/models", response_model=ModelList, summary="Every served model (latest version)")
+async def list_models(registry: RegistryDep) -> dict[str, Any]:
+    return {"models": [model_info(registry, m) for m in registry.loaded()]}
+
+
+def _versions(registry: ModelRegistry, name: str, served: int) -> list[dict[str, Any]]:
+    out = []
+    for version in registry.versions(name):
+        entry: dict[str, Any] = {"version": version, "loaded": version == served}
+        try:
+            meta = read_meta(registry.model_dir, name, version)
+            entry["created_at"] = meta.get("created_at")
+            entry["metrics"] = meta.get("metrics") or {}
+        except StoreError as e:
+            entry["error"] = str(e)
+        if registry.failure(name, version):
+            entry["error"] = registry.failure(name, version)
+        out.append(entry)
+    return out
+
+
+@router.get(
+    "/models/{name}",
+    response_model=ModelDetail,
+    summary="One model, with all its versions",
+    responses={404: {"model": ErrorBody, "description": "Unknown model"}},
+)
+async def get_model(
+    registry: RegistryDep, name: str = Path(max_length=64, examples=["lstm"])
+) -> dict[str, Any]:
+    if not NAME_RE.match(name):
+        raise ApiError(404, f"unknown model {name!r}")
+    loaded = registry.resolve(name)
+    versions = await asyncio.to_thread(_versions, registry, name, loaded.version)
+    return {**model_info(registry, loaded), "versions": [VersionInfo(**v) for v in versions]}

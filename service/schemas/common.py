@@ -1,0 +1,29 @@
+"""Pieces shared by several areas."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MODEL_REF_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}(@[1-9][0-9]{0,8})?$"
+
+ModelRef = Field(
+    default=None,
+    pattern=MODEL_REF_PATTERN,
+    description="`name` or `name@version`; the default model when left out.",
+    examples=["lstm", "gru@1"],
+)
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class Prediction(BaseModel):
+    word: str
+    prob: float
+
+
+class ErrorBody(BaseModel):
+    status: int
+    error: str
+    message: str

@@ -1,0 +1,40 @@
+"""GET /models and GET /models/{name}."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class ModelInfo(BaseModel):
+    name: str
+    arch: str
+    version: int
+    default: bool
+    device: str
+    params: int
+    vocab_size: int
+    embedding_size: int
+    hidden_size: int
+    num_layers: int
+    tied: bool
+    dropout: float
+    metrics: dict[str, Any]
+    created_at: str | None = None
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class VersionInfo(BaseModel):
+    version: int
+    loaded: bool
+    created_at: str | None = None
+    metrics: dict[str, Any] = {}
+    error: str | None = None
+
+
+class ModelDetail(ModelInfo):
+    versions: list[VersionInfo]

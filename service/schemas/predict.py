@@ -1,0 +1,76 @@
+"""POST /predict and POST /generate."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, model_validator
+
+from .common import ModelRef, Prediction, Request
+
+
+class PredictRequest(Request):
+    text: str | None = Field(None, description="One text; give this or `texts`.")
+    texts: list[str] | None = Field(None, min_length=1, description="A batch of texts.")
+    model: str | None = ModelRef
+    top_k: int = Field(5, ge=1, description="How many next words to return.")
+    temperature: float = Field(1.0, gt=0, le=100, description="Softmax temperature.")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> PredictRequest:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of `text` or `texts`")
+        return self
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "model": "lstm",
+                    "text": "i grew up in france . the clouds are in the sky . i speak fluent",
+                    "top_k": 5,
+                },
+                {"texts": ["the keys to the old cabinet", "the clouds are in the"], "top_k": 3},
+            ]
+        }
+    }
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: int
+    arch: str
+    tokens: list[str]
+    unknown: list[str] = Field(description="Input words not in the vocabulary (read as <unk>).")
+    predictions: list[Prediction]
+
+
+class PredictBatchResponse(BaseModel):
+    results: list[PredictResponse]
+
+
+class GenerateRequest(Request):
+    text: str
+    model: str | None = ModelRef
+    max_words: int = Field(20, ge=1)
+    temperature: float | None = Field(
+        None, ge=0, le=100, description="Left out or 0: greedy. Above 0: sample."
+    )
+    top_k: int | None = Field(None, ge=1, description="Sample only among the k likeliest.")
+    seed: int | None = Field(None, ge=0, lt=2**63, description="Makes sampling repeatable.")
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {"model": "gru", "text": "i grew up in spain .", "max_words": 12},
+                {"text": "the clouds are", "max_words": 8, "temperature": 0.8, "seed": 7},
+            ]
+        }
+    }
+
+
+class GenerateResponse(BaseModel):
+    model: str
+    version: int
+    arch: str
+    text: str = Field(description="The input text continued by the generated words.")
+    words: list[str]
+    unknown: list[str]

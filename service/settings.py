@@ -1,0 +1,110 @@
+"""Server settings: flags override `GATEHOUSE_*` environment variables override defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_model_dir() -> Path:
+    # XDG data home: survives `git clean`, shared by `make serve` and `python -m models.train`.
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "gatehouse" / "models"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEHOUSE_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    model_dir: Path = Field(default_factory=default_model_dir)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    api_key: SecretStr | None = None
+    protect_inference: bool = False  # also require the key on /predict, /gates, /sessions ...
+    allow_open: bool = False  # serve on a non-loopback address without an API key
+    no_bootstrap: bool = False
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    default_model: str = "lstm"
+    torch_threads: int = Field(0, ge=0, le=256)  # 0: one per core, decided at start-up
+    reload_interval_s: float = Field(2.0, gt=0, le=3600)
+    half: Literal["off", "bf16", "fp16"] = "off"  # GPU only
+
+    # Limits, enforced before any work.
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_tokens: int = Field(2048, ge=1)
+    max_texts: int = Field(64, ge=1)
+    max_top_k: int = Field(100, ge=1)
+    max_words: int = Field(200, ge=1)
+    max_gate_tokens: int = Field(512, ge=1)
+    max_gate_values: int = Field(2_000_000, ge=1)  # floats in one /gates answer
+
+    # Dynamic batching (1 turns it off).
+    max_batch_size: int = Field(64, ge=1, le=4096)
+    max_batch_delay_ms: float = Field(2.0, ge=0, le=1000)
+    max_queue: int = Field(1024, ge=1)
+
+    # Sessions.
+    max_sessions: int = Field(10_000, ge=1)
+    session_ttl_s: float = Field(900.0, gt=0)
+
+    # Training jobs.
+    data_dir: Path | None = None  # named datasets for POST /train {"dataset": name}
+    max_corpus_bytes: int = Field(50_000_000, ge=1024)
+    max_queued_jobs: int = Field(8, ge=1)
+    max_running_jobs: int = Field(1, ge=1)
+    job_threads: int = Field(1, ge=1, le=256)
+
+    @property
+    def jobs_db(self) -> Path:
+        return self.model_dir / "jobs.sqlite3"
+
+
+_FLAGS: dict[str, dict[str, Any]] = {
+    "host": {},
+    "port": {"type": int},
+    "model_dir": {},
+    "device": {"choices": ["auto", "cpu", "cuda"]},
+    "api_key": {},
+    "protect_inference": {"action": "store_true", "default": None},
+    "allow_open": {"action": "store_true", "default": None},
+    "no_bootstrap": {"action": "store_true", "default": None},
+    "log_level": {"choices": ["debug", "info", "warning", "error"]},
+    "default_model": {},
+    "torch_threads": {"type": int},
+    "half": {"choices": ["off", "bf16", "fp16"]},
+    "max_body_bytes": {"type": int},
+    "max_tokens": {"type": int},
+    "max_texts": {"type": int},
+    "max_top_k": {"type": int},
+    "max_words": {"type": int},
+    "max_gate_tokens": {"type": int},
+    "max_gate_values": {"type": int},
+    "max_batch_size": {"type": int},
+    "max_batch_delay_ms": {"type": float},
+    "max_queue": {"type": int},
+    "max_sessions": {"type": int},
+    "session_ttl_s": {"type": float},
+    "data_dir": {},
+    "max_corpus_bytes": {"type": int},
+    "max_queued_jobs": {"type": int},
+    "max_running_jobs": {"type": int},
+    "job_threads": {"type": int},
+}
+
+
+def parse_args(argv: list[str] | None = None) -> Settings:
+    """Flags win over env vars; a flag left out keeps the env var or the default."""
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description="Gatehouse: serve, inspect and train recurrent language models over HTTP.",
+        epilog="Every flag is also an env var: --max-batch-size -> GATEHOUSE_MAX_BATCH_SIZE.",
+    )
+    for name, kw in _FLAGS.items():
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, **kw)
+    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    return Settings(**given)
