@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -34,6 +38,27 @@ def check_exposure(settings: Settings) -> str | None:
     )
 
 
+class GracefulServer(uvicorn.Server):
+    """SIGTERM/SIGINT drain in-flight requests, run the shutdown, then exit 0.
+
+    Stock uvicorn re-raises the caught signal after its graceful shutdown, which turns a
+    clean stop into exit status -15; supervisors read that as a crash.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
     logs.configure_logging(settings.log_level)
@@ -43,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     base = f"http://{settings.host}:{settings.port}"
     log.info("Gatehouse on %s (API docs: %s/docs), model store %s", base, base, settings.model_dir)
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
@@ -51,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         access_log=False,  # our own middleware logs one JSON line per request
         timeout_graceful_shutdown=30,
     )
-    return 0
+    server = GracefulServer(config)
+    server.run()
+    return 0 if server.started else 1
 
 
 if __name__ == "__main__":

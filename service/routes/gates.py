@@ -6,9 +6,12 @@ import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from ..deps import EngineDep, ReaderDep
 from ..errors import ApiError
+from ..logs import set_request_model
 from ..schemas.common import MODEL_REF_PATTERN
 from ..schemas.gates import GatesRequest, GatesResponse
 from .predict import ERRORS
@@ -35,9 +38,11 @@ def parse_indices(raw: str | None, what: str, limit: int = 65536) -> list[int] |
 
 
 async def _gates(engine: EngineDep, body: GatesRequest) -> dict[str, Any]:
-    return await engine.gates(
+    result = await engine.gates(
         body.model, body.text, body.top_k, body.layers, body.units, body.round, body.summary_only
     )
+    set_request_model(result["model"])
+    return result
 
 
 @router.post(
@@ -67,13 +72,16 @@ async def get_gates(
     round: Annotated[int | None, Query(ge=0, le=8)] = None,
     summary_only: bool = False,
 ) -> dict[str, Any]:
-    body = GatesRequest(
-        text=text,
-        model=model,
-        top_k=top_k,
-        layers=parse_indices(layers, "layers"),
-        units=parse_indices(units, "units"),
-        round=round,
-        summary_only=summary_only,
-    )
+    try:
+        body = GatesRequest(
+            text=text,
+            model=model,
+            top_k=top_k,
+            layers=parse_indices(layers, "layers"),
+            units=parse_indices(units, "units"),
+            round=round,
+            summary_only=summary_only,
+        )
+    except ValidationError as e:  # same 422 shape as a bad JSON body
+        raise RequestValidationError(e.errors()) from e
     return await _gates(engine, body)

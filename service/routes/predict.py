@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from ..deps import EngineDep, ReaderDep
+from ..logs import set_request_model
 from ..schemas.common import ErrorBody
 from ..schemas.predict import (
     GenerateRequest,
@@ -35,6 +36,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 async def predict(body: PredictRequest, engine: EngineDep, _: ReaderDep) -> dict[str, Any]:
     texts = [body.text] if body.text is not None else list(body.texts or [])
     results = await engine.predict(body.model, texts, body.top_k, body.temperature)
+    set_request_model(results[0]["model"])
     return results[0] if body.text is not None else {"results": results}
 
 
@@ -45,6 +47,8 @@ async def predict(body: PredictRequest, engine: EngineDep, _: ReaderDep) -> dict
     responses=ERRORS,
 )
 async def generate(body: GenerateRequest, engine: EngineDep, _: ReaderDep) -> dict[str, Any]:
-    return await engine.generate(
+    result = await engine.generate(
         body.model, body.text, body.max_words, body.temperature, body.top_k, body.seed
     )
+    set_request_model(result["model"])
+    return result

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 MODEL_REF_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}(@[1-9][0-9]{0,8})?$"
 
@@ -12,6 +14,15 @@ ModelRef = Field(
     description="`name` or `name@version`; the default model when left out.",
     examples=["lstm", "gru@1"],
 )
+
+
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("text is empty or only whitespace")
+    return text
+
+
+Text = Annotated[str, AfterValidator(_not_blank)]
 
 
 class Request(BaseModel):

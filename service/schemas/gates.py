@@ -6,11 +6,11 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from .common import ModelRef, Prediction, Request
+from .common import ModelRef, Prediction, Request, Text
 
 
 class GatesRequest(Request):
-    text: str
+    text: Text
     model: str | None = ModelRef
     top_k: int = Field(5, ge=1)
     layers: list[int] | None = Field(None, description="Layer indices to return (default all).")

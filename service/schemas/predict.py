@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field, model_validator
 
-from .common import ModelRef, Prediction, Request
+from .common import ModelRef, Prediction, Request, Text
 
 
 class PredictRequest(Request):
-    text: str | None = Field(None, description="One text; give this or `texts`.")
-    texts: list[str] | None = Field(None, min_length=1, description="A batch of texts.")
+    text: Text | None = Field(None, description="One text; give this or `texts`.")
+    texts: list[Text] | None = Field(None, min_length=1, description="A batch of texts.")
     model: str | None = ModelRef
     top_k: int = Field(5, ge=1, description="How many next words to return.")
     temperature: float = Field(1.0, gt=0, le=100, description="Softmax temperature.")
@@ -48,7 +48,7 @@ class PredictBatchResponse(BaseModel):
 
 
 class GenerateRequest(Request):
-    text: str
+    text: Text
     model: str | None = ModelRef
     max_words: int = Field(20, ge=1)
     temperature: float | None = Field(
