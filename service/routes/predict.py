@@ -20,8 +20,10 @@ from ..schemas.predict import (
 router = APIRouter(tags=["inference"])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Malformed body (not UTF-8 JSON)"},
     404: {"model": ErrorBody, "description": "Unknown model or version"},
     413: {"model": ErrorBody, "description": "Over a size limit (body, tokens, texts)"},
+    415: {"model": ErrorBody, "description": "Body is not application/json"},
     422: {"model": ErrorBody, "description": "Invalid request"},
     503: {"model": ErrorBody, "description": "No model loaded yet, or overloaded"},
 }

@@ -12,7 +12,8 @@ class PredictRequest(Request):
     texts: list[Text] | None = Field(None, min_length=1, description="A batch of texts.")
     model: str | None = ModelRef
     top_k: int = Field(5, ge=1, description="How many next words to return.")
-    temperature: float = Field(1.0, gt=0, le=100, description="Softmax temperature.")
+    # Below 0.01, logits / T overflows float32 and the softmax turns to NaN.
+    temperature: float = Field(1.0, ge=0.01, le=100, description="Softmax temperature.")
 
     @model_validator(mode="after")
     def _one_of(self) -> PredictRequest:
@@ -52,7 +53,7 @@ class GenerateRequest(Request):
     model: str | None = ModelRef
     max_words: int = Field(20, ge=1)
     temperature: float | None = Field(
-        None, ge=0, le=100, description="Left out or 0: greedy. Above 0: sample."
+        None, ge=0, le=100, description="Left out or 0: greedy. From 0.01 to 100: sample."
     )
     top_k: int | None = Field(None, ge=1, description="Sample only among the k likeliest.")
     seed: int | None = Field(None, ge=0, lt=2**63, description="Makes sampling repeatable.")
@@ -65,6 +66,12 @@ class GenerateRequest(Request):
             ]
         }
     }
+
+    @model_validator(mode="after")
+    def _usable_temperature(self) -> GenerateRequest:
+        if self.temperature is not None and 0 < self.temperature < 0.01:
+            raise ValueError("temperature must be 0 (greedy) or from 0.01 to 100")
+        return self
 
 
 class GenerateResponse(BaseModel):

@@ -45,7 +45,9 @@ async def test_models_list_and_detail(client) -> None:
 
 @pytest.mark.parametrize("arch", ["rnn", "lstm", "gru"])
 async def test_predict_single(client, arch: str) -> None:
-    r = await client.post("/predict", json={"model": arch, "text": "The clouds are in the", "top_k": 4})
+    r = await client.post(
+        "/predict", json={"model": arch, "text": "The clouds are in the", "top_k": 4}
+    )
     assert r.status_code == 200
     body = r.json()
     assert (body["model"], body["version"], body["arch"]) == (arch, 1, arch)
@@ -74,7 +76,11 @@ async def test_predict_top_k_capped_by_vocab_and_temperature_flattens(client) ->
     assert math.isclose(sum(p["prob"] for p in full["predictions"]), 1.0, rel_tol=1e-4)
     cold = (await client.post("/predict", json={"text": "the", "temperature": 0.1})).json()
     hot = (await client.post("/predict", json={"text": "the", "temperature": 10})).json()
-    assert cold["predictions"][0]["prob"] > full["predictions"][0]["prob"] > hot["predictions"][0]["prob"]
+    assert (
+        cold["predictions"][0]["prob"]
+        > full["predictions"][0]["prob"]
+        > hot["predictions"][0]["prob"]
+    )
 
 
 async def test_predict_pinned_version(client) -> None:
@@ -167,7 +173,14 @@ async def test_gates_subsets_rounding_and_get(client) -> None:
     assert all(round(v, 2) == v for r in rows for v in r)
     get = (
         await client.get(
-            "/gates", params={"model": "lstm", "text": "the clouds", "layers": "1", "units": "0,3,5", "round": 2}
+            "/gates",
+            params={
+                "model": "lstm",
+                "text": "the clouds",
+                "layers": "1",
+                "units": "0,3,5",
+                "round": 2,
+            },
         )
     ).json()
     assert get == post
@@ -205,7 +218,9 @@ async def test_predict_errors(client, req: dict, status: int) -> None:
 
 
 async def test_transport_level_errors(client) -> None:
-    r = await client.post("/predict", content=b"{not json", headers={"content-type": "application/json"})
+    r = await client.post(
+        "/predict", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert r.status_code in (400, 422)
     r = await client.post("/predict", content=b"text=a", headers={"content-type": "text/plain"})
     assert r.status_code == 415
@@ -231,7 +246,9 @@ async def test_gates_value_limit(make_client, tiny_store) -> None:
     assert r.status_code == 422
 
 
-@pytest.mark.parametrize("raw", [b'{"text": "a", "temperature": Infinity}', b'{"text": "a", "top_k": NaN}'])
+@pytest.mark.parametrize(
+    "raw", [b'{"text": "a", "temperature": Infinity}', b'{"text": "a", "top_k": NaN}']
+)
 async def test_non_finite_numbers_are_422(client, raw: bytes) -> None:
     r = await client.post("/predict", content=raw, headers={"content-type": "application/json"})
     assert r.status_code == 422
@@ -239,8 +256,22 @@ async def test_non_finite_numbers_are_422(client, raw: bytes) -> None:
 
 @pytest.mark.parametrize(
     "params",
-    [{"text": "  "}, {"text": "a", "units": "x"}, {"text": "a", "units": "5-2"}, {"text": "a", "layers": "9"}],
+    [
+        {"text": "  "},
+        {"text": "a", "units": "x"},
+        {"text": "a", "units": "5-2"},
+        {"text": "a", "layers": "9"},
+    ],
 )
 async def test_get_gates_bad_query_is_422(client, params: dict) -> None:
     r = await client.get("/gates", params=params)
     assert r.status_code == 422 and r.json()["message"]
+
+
+async def test_tiny_temperatures_are_refused_not_nan(client) -> None:
+    r = await client.post("/predict", json={"text": "the", "temperature": 1e-300})
+    assert r.status_code == 422
+    r = await client.post("/generate", json={"text": "the", "max_words": 2, "temperature": 1e-9})
+    assert r.status_code == 422
+    r = await client.post("/predict", json={"text": "the", "temperature": 0.01, "top_k": 100})
+    assert all(math.isfinite(p["prob"]) for p in r.json()["predictions"])

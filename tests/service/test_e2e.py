@@ -45,7 +45,7 @@ def test_bootstrap_trains_the_defaults(bootstrapped: ServerProcess) -> None:
 
 @pytest.mark.parametrize("model", ["lstm", "gru"])
 def test_long_range_language_comes_first(bootstrapped: ServerProcess, model: str) -> None:
-    """"i grew up in france . <1-4 fillers> i speak fluent" -> "french", every country."""
+    """ "i grew up in france . <1-4 fillers> i speak fluent" -> "french", every country."""
     texts, expected = [], []
     for i, (country, language) in enumerate(COUNTRIES):
         for n in range(1, 5):
