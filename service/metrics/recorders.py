@@ -1,0 +1,183 @@
+"""What the inference, batching, sessions, registry and jobs layers call to move the metrics.
+
+Every helper is cheap, thread-safe and never raises on odd input (negative durations, unknown
+reasons or states): a metrics call must not fail a request or a job.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+
+from .families import (
+    BATCH_SIZE,
+    INFERENCE_COMPUTE,
+    INFERENCE_DURATION,
+    INFERENCE_QUEUE,
+    JOB_DURATION,
+    JOB_END_STATES,
+    JOB_LOSS,
+    JOB_PROGRESS,
+    JOB_STATES,
+    JOB_TOKENS_PER_S,
+    JOB_VAL_PPL,
+    JOBS,
+    LOAD_FAILURE_REASONS,
+    MODEL_INFO,
+    MODEL_LOAD_DURATION,
+    MODEL_LOAD_FAILURES,
+    MODEL_PARAMS,
+    MODELS_LOADED,
+    PREDICTIONS,
+    SAFE_LABEL,
+    SESSIONS_ACTIVE,
+    TOKENS,
+)
+
+# name -> (arch, version, device) of the newest loaded version: the labels of its info series.
+_lock = threading.Lock()
+# name -> (arch, version, device) of the newest loaded version: the labels of its info series.
+_models: dict[str, tuple[str, int, str]] = {}
+# job_id -> (model, arch) of its progress series, so they can be dropped when it ends.
+_jobs: dict[str, tuple[str, str]] = {}
+
+
+def _nonneg(x: float) -> float:
+    return x if x > 0 else 0.0
+
+
+def observe_inference(
+    model: str,
+    arch: str,
+    version: int,
+    queue_s: float,
+    compute_s: float,
+    n_predictions: int,
+    n_tokens: int,
+) -> None:
+    """Record one served request: how long it queued, how long its forward pass took."""
+    labels = (model, arch, str(version))
+    queue_s, compute_s = _nonneg(queue_s), _nonneg(compute_s)
+    INFERENCE_QUEUE.labels(*labels).observe(queue_s)
+    INFERENCE_COMPUTE.labels(*labels).observe(compute_s)
+    INFERENCE_DURATION.labels(*labels).observe(queue_s + compute_s)
+    PREDICTIONS.labels(*labels).inc(_nonneg(n_predictions))
+    TOKENS.labels(*labels).inc(_nonneg(n_tokens))
+
+
+def observe_batch(model: str, arch: str, version: int, size: int) -> None:
+    """Record one forward pass that carried `size` requests."""
+    BATCH_SIZE.labels(model, arch, str(version)).observe(size)
+
+
+def set_sessions_active(model: str, n: int) -> None:
+    SESSIONS_ACTIVE.labels(model).set(n)
+
+
+def _init_model_series(name: str, arch: str, version: int) -> None:
+    labels = (name, arch, str(version))
+    for metric in (INFERENCE_DURATION, INFERENCE_QUEUE, INFERENCE_COMPUTE, PREDICTIONS, TOKENS):
+        metric.labels(*labels)
+    BATCH_SIZE.labels(*labels)
+    MODEL_LOAD_DURATION.labels(name)
+    for reason in LOAD_FAILURE_REASONS:
+        MODEL_LOAD_FAILURES.labels(name, reason)
+
+
+def _drop_model_info(name: str) -> None:
+    old = _models.pop(name, None)
+    if old is None:
+        return
+    arch, version, device = old
+    MODEL_INFO.remove(name, arch, str(version), device)
+    MODEL_PARAMS.remove(name, arch, str(version))
+
+
+def model_loaded(
+    name: str, arch: str, version: int, device: str, params: int, load_s: float
+) -> None:
+    """A version finished loading. The newest version of a name owns its info series; loading an
+    older one (a pinned session, `name@1`) only prepares that version's inference series."""
+    with _lock:
+        _init_model_series(name, arch, version)
+        MODEL_LOAD_DURATION.labels(name).observe(_nonneg(load_s))
+        current = _models.get(name)
+        if current is None or version >= current[1]:
+            _drop_model_info(name)
+            _models[name] = (arch, version, device)
+            MODEL_INFO.labels(name, arch, str(version), device).set(1)
+            MODEL_PARAMS.labels(name, arch, str(version)).set(params)
+        SESSIONS_ACTIVE.labels(name)
+        MODELS_LOADED.set(len(_models))
+
+
+def model_unloaded(name: str) -> None:
+    """The model left the registry: its info and sessions series go; its counters stay."""
+    with _lock:
+        _drop_model_info(name)
+        try:
+            SESSIONS_ACTIVE.remove(name)
+        except KeyError:
+            pass
+        MODELS_LOADED.set(len(_models))
+
+
+def model_load_failed(name: str, reason: str) -> None:
+    """Count a version that could not load; unknown reasons become "other" (bounded labels)."""
+    if reason not in LOAD_FAILURE_REASONS:
+        reason = "other"
+    MODEL_LOAD_FAILURES.labels(name, reason).inc()
+
+
+def set_jobs_by_state(counts: Mapping[str, int]) -> None:
+    """Set every job-state gauge; states missing from `counts` read 0."""
+    for state in JOB_STATES:
+        JOBS.labels(state).set(counts.get(state, 0))
+    for state, n in counts.items():
+        if state not in JOB_STATES and SAFE_LABEL.match(state):
+            JOBS.labels(state).set(n)
+
+
+def job_progress(
+    job_id: str,
+    model: str,
+    arch: str,
+    progress: float,
+    loss: float | None,
+    val_ppl: float | None,
+    tokens_per_s: float | None,
+) -> None:
+    """Update a running job's gauges; a None value leaves that gauge as it was."""
+    labels = (job_id, model, arch)
+    with _lock:
+        old = _jobs.get(job_id)
+        if old is not None and old != (model, arch):
+            _remove_job_series(job_id, *old)
+        _jobs[job_id] = (model, arch)
+        JOB_PROGRESS.labels(*labels).set(min(max(progress, 0.0), 1.0))
+        for gauge, value in (
+            (JOB_LOSS, loss),
+            (JOB_VAL_PPL, val_ppl),
+            (JOB_TOKENS_PER_S, tokens_per_s),
+        ):
+            if value is not None:
+                gauge.labels(*labels).set(value)
+
+
+def _remove_job_series(job_id: str, model: str, arch: str) -> None:
+    for gauge in (JOB_PROGRESS, JOB_LOSS, JOB_VAL_PPL, JOB_TOKENS_PER_S):
+        try:
+            gauge.remove(job_id, model, arch)
+        except KeyError:
+            pass
+
+
+def job_finished(job_id: str, status: str, duration_s: float) -> None:
+    """Record the job's duration by final status and drop its per-job series (bounded labels)."""
+    with _lock:
+        old = _jobs.pop(job_id, None)
+        if old is not None:
+            _remove_job_series(job_id, *old)
+    if status not in JOB_END_STATES:
+        status = "failed"
+    JOB_DURATION.labels(status).observe(_nonneg(duration_s))
