@@ -45,6 +45,17 @@ class GracefulServer(uvicorn.Server):
     clean stop into exit status -15; supervisors read that as a crash.
     """
 
+    async def shutdown(self, sockets: list | None = None) -> None:  # type: ignore[override]
+        # Event streams never end by themselves: close them first, or the drain below would
+        # wait for them until the graceful-shutdown timeout.
+        app = getattr(self.config, "loaded_app", None)
+        jobs = getattr(getattr(getattr(app, "state", None), "jobs", None), "close_streams", None)
+        if jobs is None and hasattr(self.config.app, "state"):
+            jobs = getattr(getattr(self.config.app.state, "jobs", None), "close_streams", None)
+        if jobs is not None:
+            jobs()
+        await super().shutdown(sockets)
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         if threading.current_thread() is not threading.main_thread():

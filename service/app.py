@@ -16,9 +16,10 @@ from . import errors, logs, metrics
 from .bootstrap import bootstrap_defaults
 from .errors import JSONResponse
 from .inference import InferenceEngine
+from .jobs.manager import JobManager
 from .limits import BodyLimitMiddleware
 from .registry import ModelRegistry, resolve_device
-from .routes import gates, health, models, predict
+from .routes import gates, health, jobs, models, predict, sessions
 from .settings import Settings
 
 log = logging.getLogger("gatehouse")
@@ -79,9 +80,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.model_dir, resolve_device(settings.device), settings.default_model
     )
     engine = InferenceEngine(settings, registry)
-    app.state.registry, app.state.engine = registry, engine
+    job_manager = JobManager(settings, registry)
+    app.state.registry, app.state.engine, app.state.jobs = registry, engine, job_manager
     settings.model_dir.mkdir(parents=True, exist_ok=True)
     await _in_daemon_thread(registry.refresh)
+    await job_manager.start()
+    engine.sessions.start()
     tasks = [asyncio.create_task(_watch_store(registry, settings.reload_interval_s))]
     if not registry.has_models_on_disk() and not settings.no_bootstrap:
         tasks.append(asyncio.create_task(_bootstrap(registry)))
@@ -91,6 +95,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await job_manager.stop()  # running jobs checkpoint; they resume at the next start
+        await engine.sessions.close()
         engine.close()
 
 
@@ -105,7 +111,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     errors.install(app)
-    for router in (health.router, models.router, predict.router, gates.router):
+    routers = (health, models, predict, gates, sessions, jobs)
+    for router in (r.router for r in routers):
         app.include_router(router)
     app.add_middleware(
         BodyLimitMiddleware,

@@ -9,7 +9,9 @@ from fastapi import Depends, Request
 
 from .errors import ApiError
 from .inference import InferenceEngine
+from .jobs.manager import JobManager
 from .registry import ModelRegistry
+from .sessions import SessionStore
 from .settings import Settings
 
 
@@ -23,6 +25,14 @@ def get_registry(request: Request) -> ModelRegistry:
 
 def get_engine(request: Request) -> InferenceEngine:
     return request.app.state.engine
+
+
+def get_sessions(request: Request) -> SessionStore:
+    return request.app.state.engine.sessions
+
+
+def get_jobs(request: Request) -> JobManager:
+    return request.app.state.jobs
 
 
 def _check_key(request: Request, settings: Settings) -> None:
@@ -55,5 +65,7 @@ def require_reader(request: Request) -> None:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 EngineDep = Annotated[InferenceEngine, Depends(get_engine)]
+SessionsDep = Annotated[SessionStore, Depends(get_sessions)]
+JobsDep = Annotated[JobManager, Depends(get_jobs)]
 AdminDep = Annotated[None, Depends(require_admin)]
 ReaderDep = Annotated[None, Depends(require_reader)]

@@ -67,10 +67,11 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    # Stop reading: the app sees an empty, final chunk and answers something;
-                    # send() below swaps that answer for the 413.
+                    # Stop reading. The app sees a disconnect, never a complete body (a
+                    # truncated one could still parse and start work), and whatever it answers
+                    # is swapped for the 413 by send() below.
                     over = True
-                    return {"type": "http.request", "body": b"", "more_body": False}
+                    return {"type": "http.disconnect"}
             return message
 
         async def guarded_send(message: Message) -> None:

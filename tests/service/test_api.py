@@ -275,3 +275,13 @@ async def test_tiny_temperatures_are_refused_not_nan(client) -> None:
     assert r.status_code == 422
     r = await client.post("/predict", json={"text": "the", "temperature": 0.01, "top_k": 100})
     assert all(math.isfinite(p["prob"]) for p in r.json()["predictions"])
+
+
+async def test_chunked_body_over_the_limit_is_413(client) -> None:
+    async def chunks():
+        yield b'{"text": "the clouds"}'
+        for _ in range(40):
+            yield b" " * 50_000  # valid JSON so far: the route must still never see it
+
+    r = await client.post("/predict", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413

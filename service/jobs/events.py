@@ -1,0 +1,118 @@
+"""Fan-out of job events to Server-Sent Events streams.
+
+Each stream gets its own bounded queue. A slow reader never holds up the manager: when its
+queue is full the oldest event is dropped (progress is a snapshot, a newer one supersedes
+it), but the final `end` event always gets through because it is delivered by closing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+_QUEUE_SIZE = 64
+KEEPALIVE_S = 15.0
+_END = object()  # sentinel: the job ended, or the server is shutting down
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def format_event(event: str, data: dict[str, Any]) -> bytes:
+    body = json.dumps(_finite(data), separators=(",", ":"), allow_nan=False)
+    return f"event: {event}\ndata: {body}\n\n".encode()
+
+
+class EventHub:
+    """Per-job subscriber queues; used from the event loop thread only."""
+
+    def __init__(self) -> None:
+        self._subs: dict[str, set[asyncio.Queue[Any]]] = {}
+        self._closed = False
+
+    def subscribe(self, job_id: str) -> asyncio.Queue[Any]:
+        q: asyncio.Queue[Any] = asyncio.Queue(_QUEUE_SIZE)
+        if self._closed:
+            q.put_nowait(_END)
+        else:
+            self._subs.setdefault(job_id, set()).add(q)
+        return q
+
+    def unsubscribe(self, job_id: str, q: asyncio.Queue[Any]) -> None:
+        subs = self._subs.get(job_id)
+        if subs is not None:
+            subs.discard(q)
+            if not subs:
+                del self._subs[job_id]
+
+    @staticmethod
+    def _put(q: asyncio.Queue[Any], item: Any) -> None:
+        while True:
+            try:
+                q.put_nowait(item)
+                return
+            except asyncio.QueueFull:
+                q.get_nowait()  # drop the oldest snapshot
+
+    def publish(self, job_id: str, event: str, data: dict[str, Any]) -> None:
+        for q in self._subs.get(job_id, ()):
+            self._put(q, (event, data))
+
+    def end(self, job_id: str) -> None:
+        """The job ended: every stream on it sends its final record and closes."""
+        for q in self._subs.pop(job_id, ()):
+            self._put(q, _END)
+
+    def close(self) -> None:
+        """Shutting down: end every stream so none holds the server open."""
+        self._closed = True
+        for job_id in list(self._subs):
+            self.end(job_id)
+
+    def subscribers(self, job_id: str) -> int:
+        return len(self._subs.get(job_id, ()))
+
+
+async def stream(
+    hub: EventHub,
+    job_id: str,
+    snapshot: Callable[[], Awaitable[dict[str, Any] | None]],
+) -> AsyncIterator[bytes]:
+    """The SSE body: the job as it is now, then its events, then `end` with the final record.
+
+    Subscribing before taking the snapshot means no event can fall between the two.
+    """
+    q = hub.subscribe(job_id)
+    try:
+        job = await snapshot()
+        if job is None:
+            return
+        yield format_event("status", job)
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            yield format_event("end", job)
+            return
+        while True:
+            try:
+                item = await asyncio.wait_for(q.get(), KEEPALIVE_S)
+            except asyncio.TimeoutError:
+                yield b": keepalive\n\n"  # lets proxies and clients see the stream is alive
+                continue
+            if item is _END:
+                final = await snapshot()
+                if final is not None:
+                    yield format_event("end", final)
+                return
+            event, data = item
+            yield format_event(event, data)
+    finally:
+        hub.unsubscribe(job_id, q)

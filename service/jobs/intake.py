@@ -1,0 +1,206 @@
+"""From a parsed request to a staged job: range checks, then the corpus, size-checked.
+
+Every refusal is an `ApiError` with a 4xx status and a message that says what is allowed.
+Nothing is written for a request that is refused before its corpus is staged, and a staged
+corpus that turns out too large is removed before the 413 goes out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+from fastapi import UploadFile
+from pydantic import ValidationError
+
+from models.builtin import BUILTIN_CORPORA
+from models.train import TrainConfig
+
+from ..errors import ApiError
+from ..schemas.jobs import CorpusOptions, CorpusSpec, TrainRequest
+from . import datasets, spool
+from .bounds import TrainBounds, estimate_params
+
+_UPLOAD_CHUNK = 1 << 20
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+
+def _problem(field: str, message: str, kind: str = "value_error") -> dict[str, Any]:
+    return {"loc": ["body", *field.split(".")], "msg": message, "type": kind}
+
+
+def _refuse(problems: list[dict[str, Any]]) -> ApiError:
+    text = "; ".join(f"{'.'.join(p['loc'][1:]) or 'body'}: {p['msg']}" for p in problems)
+    return ApiError(422, text, detail=problems)
+
+
+def validation_error(e: ValidationError, bounds: TrainBounds) -> ApiError:
+    """pydantic's complaint, with the allowed range added wherever a bound applies."""
+    problems = []
+    for err in e.errors():
+        loc = [str(p) for p in err.get("loc", ())]
+        msg = str(err.get("msg", "invalid"))
+        field = loc[-1] if loc else ""
+        if field in bounds.fields():
+            msg += f" (allowed: {bounds.describe(field)})"
+        problems.append(_problem(".".join(loc), msg, str(err.get("type", "value_error"))))
+    return _refuse(problems or [_problem("", "invalid request")])
+
+
+def check_request(req: TrainRequest, bounds: TrainBounds) -> dict[str, Any]:
+    """The hyperparameters to train with, all in range; else a 422 listing each problem."""
+    hp = req.hyperparameters()
+    problems = [_problem(f, m, "range") for f, m in bounds.check(hp)]
+    if req.corpus is not None:
+        problems += [
+            _problem(f"corpus.{f}", m, "range")
+            for f, m in bounds.check({"valid_fraction": req.corpus.valid_fraction})
+        ]
+    if problems:
+        raise _refuse(problems)
+    # Without a cap the vocabulary is as large as the corpus makes it: cap it at the bound.
+    hp["max_vocab"] = hp.get("max_vocab") or bounds.max_max_vocab
+    eff = {**_DEFAULTS, **hp}
+    if eff["tied"] and eff["embedding_size"] != eff["hidden_size"]:
+        raise _refuse(
+            [
+                _problem(
+                    "tied",
+                    "tied weights need embedding_size == hidden_size "
+                    f"(got {eff['embedding_size']} and {eff['hidden_size']})",
+                )
+            ]
+        )
+    # The vocabulary is only known once the worker has read the corpus: here the smallest
+    # one possible unless max_vocab was given; the worker checks again with the real one.
+    params = estimate_params(
+        req.arch,
+        req.max_vocab or 3,
+        eff["embedding_size"],
+        eff["hidden_size"],
+        eff["num_layers"],
+        eff["tied"],
+    )
+    if params > bounds.max_params:
+        raise _refuse(
+            [
+                _problem(
+                    "hidden_size",
+                    f"the model would have at least {params} parameters; the limit is "
+                    f"{bounds.max_params} "
+                    "(GATEHOUSE_TRAIN_MAX_PARAMS): lower the sizes or max_vocab",
+                    "range",
+                )
+            ]
+        )
+    try:
+        TrainConfig(arch=req.arch, **hp)
+    except (TypeError, ValueError) as e:
+        raise _refuse([_problem("body", str(e))]) from e
+    return hp
+
+
+def _options(opts: CorpusOptions) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if opts.valid_fraction is not None:
+        out["valid_fraction"] = opts.valid_fraction
+    if opts.lowercase is not None:
+        out["lowercase"] = opts.lowercase
+    return out
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(
+        413,
+        f"corpus over the limit of {limit} bytes (the operator sets GATEHOUSE_MAX_CORPUS_BYTES)",
+    )
+
+
+async def stage_json_corpus(
+    staging: spool.Staging, spec: CorpusSpec, data_dir: Any
+) -> dict[str, Any]:
+    """Put a JSON request's corpus into the staging directory; returns its description."""
+    opts = _options(spec)
+    if spec.builtin is not None:
+        if spec.builtin not in BUILTIN_CORPORA:
+            known = ", ".join(sorted(BUILTIN_CORPORA))
+            raise _refuse(
+                [
+                    _problem(
+                        "corpus.builtin",
+                        f"unknown built-in corpus {spec.builtin!r}; known: {known}",
+                    )
+                ]
+            )
+        return {
+            "kind": "builtin",
+            "name": spec.builtin,
+            "seed": 0,
+            "description": f"built-in corpus {spec.builtin!r}",
+            **opts,
+        }
+    if spec.text is not None:
+        try:
+            await asyncio.to_thread(staging.write_text, spec.text)
+        except spool.TooLarge as e:
+            raise _too_large(e.limit) from e
+        size = staging.bytes
+        return {"kind": "text", "bytes": size, "description": f"inline text ({size} bytes)", **opts}
+    name = spec.dataset or ""
+    found = datasets.find_dataset(data_dir, name)
+    if found is None:
+        known = ", ".join(d.name for d in datasets.list_datasets(data_dir)) or "none"
+        raise _refuse([_problem("corpus.dataset", f"unknown dataset {name!r}; known: {known}")])
+    if found.bytes > staging.max_bytes:
+        raise _too_large(staging.max_bytes)
+    if found.kind == "file":
+        pairs = [(found.path, spool.CORPUS_FILE)]
+    else:
+        pairs = [
+            (p, f"{spool.CORPUS_DIR}/{p.relative_to(found.path).as_posix()}")
+            for p in found.text_files()
+        ]
+    try:
+        await asyncio.to_thread(staging.copy_files, pairs)
+    except spool.TooLarge as e:  # the files grew since they were listed
+        raise _too_large(e.limit) from e
+    return {
+        "kind": "dataset",
+        "name": found.name,
+        "bytes": staging.bytes,
+        "files": found.files,
+        "splits": found.splits,
+        "dir": found.kind == "dir",
+        "description": f"dataset {found.name!r}",
+        **opts,
+    }
+
+
+def _label(filename: str | None) -> str:
+    # The client's file name is a label only (never a path): printable, short.
+    clean = "".join(c for c in (filename or "upload") if c.isprintable())
+    return clean[-100:] or "upload"
+
+
+async def stage_upload(
+    staging: spool.Staging, upload: UploadFile, opts: CorpusOptions
+) -> dict[str, Any]:
+    """Copy an uploaded file into the staging directory, counting bytes as they come."""
+    try:
+        while chunk := await upload.read(_UPLOAD_CHUNK):
+            staging.write_chunk(chunk)
+    except spool.TooLarge as e:
+        raise _too_large(e.limit) from e
+    finally:
+        staging.close_upload()
+    if staging.bytes == 0:
+        raise _refuse([_problem("file", "the uploaded corpus is empty")])
+    label = _label(upload.filename)
+    return {
+        "kind": "upload",
+        "filename": label,
+        "bytes": staging.bytes,
+        "description": f"upload {label!r} ({staging.bytes} bytes)",
+        **_options(opts),
+    }

@@ -1,0 +1,256 @@
+"""The job manager: a bounded queue in SQLite, scheduling, recovery, cancel and shutdown.
+
+State lives in the database; this object adds what only a live server knows (the workers
+and their latest progress, in `_runs`). `_lock` orders the decisions that race: claiming
+the next job for a worker, and cancelling.
+
+Wiring: `manager = JobManager(settings, registry)`, `await manager.start()` in the lifespan,
+`await manager.stop()` on the way out; `close_streams()` when shutdown begins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import IO, Any
+
+from ..errors import ApiError
+from ..registry import ModelRegistry
+from ..settings import Settings
+from . import events, spool
+from .bounds import TrainBounds
+from .db import FINAL, AsyncJobDB, JobRow
+from .supervisor import CANCEL_GRACE_S, MAX_INTERRUPTIONS, Run, Supervisor
+from .views import job_view
+
+log = logging.getLogger("gatehouse.jobs")
+
+STOP_GRACE_S = 20.0  # on shutdown, time for workers to write their checkpoint
+
+
+class JobManager:
+    def __init__(
+        self, settings: Settings, registry: ModelRegistry, bounds: TrainBounds | None = None
+    ) -> None:
+        self.settings = settings
+        self.bounds = bounds or TrainBounds()
+        self.model_dir = settings.model_dir
+        self.hub = events.EventHub()
+        self.db = AsyncJobDB()
+        self.supervisor = Supervisor(settings, registry, self.bounds, self.db, self.hub)
+        self._runs: dict[str, Run] = {}
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._scheduler: asyncio.Task[None] | None = None
+        self._owner: IO[bytes] | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        self._owner = await asyncio.to_thread(spool.own_queue, self.model_dir)
+        await self.db.open(self.settings.jobs_db)
+        if self._owner is None:
+            # Recovering or running jobs here would fight the other server over them.
+            log.error(
+                "another server runs the training jobs of %s: this one only reports them",
+                self.model_dir,
+            )
+            return
+        recovered = await self.db.run(lambda db: db.recover(MAX_INTERRUPTIONS))
+        for job_id, status in recovered.items():
+            log.warning("job %s was running when the server stopped: now %s", job_id, status)
+            if status in FINAL:
+                await self.supervisor.ended(job_id, status, 0.0)
+        active = await self.db.run(lambda db: {r.id for r in db.list(("queued", "running"), -1)})
+        removed = await asyncio.to_thread(spool.cleanup, self.model_dir, active)
+        if removed:
+            log.info("removed %d leftover job directories", len(removed))
+        await self.supervisor.publish_counts()
+        self._scheduler = asyncio.create_task(self._schedule_loop(), name="jobs-scheduler")
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Running workers checkpoint and exit; their jobs resume at the next start."""
+        self.supervisor.stopping = True
+        self.hub.close()
+        if self._scheduler is not None:
+            # Not cancelled: a launch in progress completes, so its run is known below.
+            self._wake.set()
+            await asyncio.gather(self._scheduler, return_exceptions=True)
+        runs = list(self._runs.values())
+        for run in runs:
+            await run.ask("checkpoint")
+            if not run.trained and run.worker is not None:
+                # Still starting (importing torch, reading the corpus): nothing new to save.
+                run.worker.kill()
+        tasks = [r.task for r in runs if r.task is not None]
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=STOP_GRACE_S)
+            for run in runs:
+                if run.task in late and run.worker is not None:
+                    log.warning("job %s did not stop in %.0fs: killed", run.row.id, STOP_GRACE_S)
+                    run.worker.kill()
+            if late:
+                await asyncio.wait(late, timeout=5.0)
+        await self.db.close()
+        if self._owner is not None:
+            self._owner.close()
+            self._owner = None
+
+    def close_streams(self) -> None:
+        """End every event stream now (call when shutdown begins, before connections drain)."""
+        self.hub.close()
+
+    # ---- queries -----------------------------------------------------------------------
+    def _view(self, row: JobRow) -> dict[str, Any]:
+        run = self._runs.get(row.id)
+        return job_view(row, run.row if run is not None else None)
+
+    async def get(self, job_id: str) -> dict[str, Any] | None:
+        row = await self.db.run(lambda db: db.get(job_id))
+        return None if row is None else self._view(row)
+
+    async def list(self, statuses: list[str] | None, limit: int) -> list[dict[str, Any]]:
+        rows = await self.db.run(lambda db: db.list(statuses, limit))
+        return [self._view(r) for r in rows]
+
+    def stream(self, job_id: str) -> AsyncIterator[bytes]:
+        return events.stream(self.hub, job_id, lambda: self.get(job_id))
+
+    # ---- submission --------------------------------------------------------------------
+    async def check_capacity(self) -> None:
+        """429 when the queue is full: running jobs fill the slots, queued ones the queue."""
+        if self.supervisor.stopping:
+            raise ApiError(503, "the server is shutting down", headers={"Retry-After": "10"})
+        if self._owner is None:
+            raise ApiError(503, "another server on this model store runs the training jobs")
+        counts = await self.db.run(lambda db: db.counts())
+        capacity = self.settings.max_running_jobs + self.settings.max_queued_jobs
+        if counts["queued"] + counts["running"] >= capacity:
+            etas = [r.row.metrics.get("eta_s") for r in self._runs.values()]
+            eta = min((e for e in etas if isinstance(e, (int, float))), default=30.0)
+            raise ApiError(
+                429,
+                f"the job queue is full ({counts['running']} running, {counts['queued']} "
+                f"queued, at most {self.settings.max_queued_jobs} may wait): retry later",
+                headers={"Retry-After": str(int(min(max(eta, 1.0), 3600.0)))},
+            )
+
+    async def submit(
+        self,
+        name: str,
+        arch: str,
+        request: dict[str, Any],
+        train: dict[str, Any],
+        stage: Callable[[spool.Staging], Awaitable[dict[str, Any]]],
+    ) -> dict[str, Any]:
+        """Stage the corpus with `stage`, publish the job directory, then record the job.
+
+        Only a complete job directory ever gets a record, so the 202 means the job is safe.
+        """
+        await self.check_capacity()
+        job_id = secrets.token_hex(8)
+        staging = await asyncio.to_thread(
+            spool.Staging, self.model_dir, job_id, self.settings.max_corpus_bytes
+        )
+        try:
+            source = await stage(staging)
+            async with self._lock:
+                await self.check_capacity()  # others may have filled it while this uploaded
+                spec = {
+                    "job_id": job_id,
+                    "name": name,
+                    "arch": arch,
+                    "train": train,
+                    "corpus": source,
+                    "max_params": self.bounds.max_params,
+                }
+                await asyncio.to_thread(staging.commit, spec)
+                try:
+                    row = await self.db.run(
+                        lambda db: db.insert(job_id, name, arch, request, source)
+                    )
+                except BaseException:
+                    await asyncio.to_thread(spool.remove, self.model_dir, job_id)
+                    raise
+        except BaseException:
+            await asyncio.to_thread(staging.discard)
+            raise
+        log.info("job %s queued: %s %s on %s", job_id, arch, name, source.get("description"))
+        await self.supervisor.publish_counts()
+        self._wake.set()
+        return self._view(row)
+
+    # ---- cancel ------------------------------------------------------------------------
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a queued or running job; returns its final record. 404 / 409 as fits."""
+        async with self._lock:
+            row = await self.db.run(lambda db: db.get(job_id))
+            if row is None:
+                raise ApiError(404, f"unknown job {job_id!r}")
+            if row.final:
+                raise ApiError(409, f"job {job_id} already ended: {row.status}")
+            run = self._runs.get(job_id)
+            if run is None:
+                if await self.db.run(
+                    lambda db: db.finish(job_id, "cancelled", only_from=("queued",))
+                ):
+                    await self.supervisor.ended(job_id, "cancelled", 0.0)
+                    return await self._must_get(job_id)
+                raise ApiError(409, f"job {job_id} changed state meanwhile; look again")
+            await run.ask("cancel")
+        try:
+            await asyncio.wait_for(run.done.wait(), CANCEL_GRACE_S)
+        except asyncio.TimeoutError:
+            log.warning("job %s ignored cancel for %.0fs: killed", job_id, CANCEL_GRACE_S)
+            if run.worker is not None:
+                run.worker.kill()
+            await run.done.wait()
+        final = await self._must_get(job_id)
+        if final["status"] != "cancelled":
+            raise ApiError(409, f"job {job_id} ended as {final['status']} before it stopped")
+        return final
+
+    async def _must_get(self, job_id: str) -> dict[str, Any]:
+        found = await self.get(job_id)
+        if found is None:
+            raise ApiError(404, f"unknown job {job_id!r}")
+        return found
+
+    # ---- scheduling --------------------------------------------------------------------
+    async def _schedule_loop(self) -> None:
+        while not self.supervisor.stopping:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                while len(self._runs) < self.settings.max_running_jobs:
+                    if self.supervisor.stopping or not await self._launch_next():
+                        break
+            except Exception:  # a bad row or a spawn failure must not end scheduling
+                log.exception("job scheduling failed")
+                await asyncio.sleep(1.0)
+                self._wake.set()
+
+    async def _launch_next(self) -> bool:
+        async with self._lock:
+            row = await self.db.run(lambda db: db.next_queued())
+            if row is None:
+                return False
+            claimed = await self.db.run(lambda db: db.mark_running(row.id) and db.get(row.id))
+            if not claimed:
+                return True
+            run = Run(claimed)
+            self._runs[claimed.id] = run
+            run.task = asyncio.create_task(self._run(run), name=f"job-{claimed.id}")
+        await self.supervisor.publish_counts()
+        return True
+
+    async def _run(self, run: Run) -> None:
+        try:
+            await self.supervisor.supervise(run)
+        finally:
+            self._runs.pop(run.row.id, None)
+            run.done.set()
+            await self.supervisor.publish_counts()
+            self._wake.set()
