@@ -283,5 +283,7 @@ async def test_chunked_body_over_the_limit_is_413(client) -> None:
         for _ in range(40):
             yield b" " * 50_000  # valid JSON so far: the route must still never see it
 
-    r = await client.post("/predict", content=chunks(), headers={"content-type": "application/json"})
+    r = await client.post(
+        "/predict", content=chunks(), headers={"content-type": "application/json"}
+    )
     assert r.status_code == 413
