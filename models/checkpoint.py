@@ -76,6 +76,19 @@ def load_checkpoint(
     return tensors, state
 
 
+def load_checkpoint_state(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """Only the JSON state of the checkpoint in `directory` (no tensors read), or None."""
+    path = checkpoint_path(directory)
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            state = json.loads((f.metadata() or {})[_STATE_KEY])
+    except (SafetensorError, OSError, KeyError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable training checkpoint: {e}") from e
+    return state if isinstance(state, dict) else None
+
+
 def remove_checkpoint(directory: str | os.PathLike[str]) -> None:
     checkpoint_path(directory).unlink(missing_ok=True)
 

@@ -9,6 +9,7 @@ and history of the loop.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -49,6 +50,13 @@ def fingerprint(tr: Trainer) -> dict[str, Any]:
 def _without_tied(tr: Trainer, state: dict[str, Tensor]) -> dict[str, Tensor]:
     # A tied decoder weight is the embedding weight; store it once.
     return {k: v for k, v in state.items() if not (tr.model.cfg.tied and k == "decoder.weight")}
+
+
+def saved_step(checkpoint_dir: str | Path) -> int | None:
+    """The optimizer step a checkpoint in `checkpoint_dir` resumes from; None when none."""
+    state = ckpt.load_checkpoint_state(checkpoint_dir)
+    step = ((state or {}).get("loop") or {}).get("step")
+    return step if isinstance(step, int) else None
 
 
 def capture(tr: Trainer) -> tuple[dict[str, Tensor], dict[str, Any]]:

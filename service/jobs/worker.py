@@ -133,16 +133,13 @@ def saved_version(model_dir: Path, name: str, job_id: str) -> tuple[int, dict[st
 
 def checkpoint_step(checkpoint_dir: Path) -> int | None:
     """The step a checkpoint left by an earlier attempt holds; None when there is none."""
-    from models.checkpoint import CheckpointError, load_checkpoint
+    from models.checkpoint import CheckpointError
+    from models.train_state import saved_step
 
     try:
-        found = load_checkpoint(checkpoint_dir)
+        return saved_step(checkpoint_dir)
     except CheckpointError:
         return None  # train() reports the broken checkpoint as the job's error
-    if found is None:
-        return None
-    step = found[1].get("step")
-    return step if isinstance(step, int) else None
 
 
 def load_corpus(job_dir: Path, source: dict[str, Any], options: dict[str, Any]) -> Any:

@@ -141,7 +141,7 @@ def test_event_stream_is_an_open_stream_not_a_request_in_flight(server: ServerPr
         "arch": "rnn",
         "name": f"sse-{uuid.uuid4().hex[:8]}",
         "corpus": {"text": TINY_TEXT * 20},
-        "epochs": 1000,  # runs until cancelled below
+        "epochs": 100,  # runs until cancelled below
         "embedding_size": 8,
         "hidden_size": 8,
     }
