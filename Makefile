@@ -26,6 +26,8 @@ system-deps:
 	    $$SUDO apt-get update -q && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus hey; }
 
 test: install system-deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q $(ARGS)
 
 lint: install

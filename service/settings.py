@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     default_model: str = "lstm"
     torch_threads: int = Field(0, ge=0, le=256)  # 0: one per core, decided at start-up
     reload_interval_s: float = Field(2.0, gt=0, le=3600)
-    half: Literal["off", "bf16", "fp16"] = "off"  # GPU only
+    half: Literal["off", "bf16", "fp16"] = "off"  # bf16: CPU or CUDA; fp16: CUDA only
 
     # Limits, enforced before any work.
     max_body_bytes: int = Field(1_000_000, ge=1024)
@@ -45,7 +45,7 @@ class Settings(BaseSettings):
 
     # Dynamic batching (1 turns it off).
     max_batch_size: int = Field(64, ge=1, le=4096)
-    max_batch_delay_ms: float = Field(2.0, ge=0, le=1000)
+    max_batch_delay_ms: float = Field(10.0, ge=0, le=1000)  # the most a forming batch waits
     max_queue: int = Field(1024, ge=1)
 
     # Sessions.

@@ -1,0 +1,321 @@
+"""Dynamic batching: concurrent requests for the same model become one forward pass.
+
+The event loop only queues and dispatches; the batch function runs on one worker thread, one
+batch at a time, so torch's own thread pool is never oversubscribed by concurrent batches.
+Items are grouped by key (one model version) in arrival order, up to `max_batch_size` rows.
+
+When to dispatch: a batch goes as soon as it is full. Otherwise, while there is evidence of
+concurrency (the previous batch had several rows, or rows arrived while it ran), it waits for
+the rows expected soon: as many as were in flight when the worker last finished (closed-loop
+clients answered a moment ago send again within milliseconds), but never longer than
+`max_batch_delay_ms` after both the worker was free and its oldest row had arrived. A forward
+pass over 32 rows costs nearly as much as over 64 (reading the weights dominates), so one
+full pass beats two half ones that chase each other. A lone client never waits.
+
+The queue is bounded: past `max_queue` waiting items `submit` raises `QueueFull` at once, with
+a retry estimate, instead of growing memory and latency without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+log = logging.getLogger("gatehouse.batcher")
+
+K = TypeVar("K", bound=Hashable)
+I = TypeVar("I")  # noqa: E741
+R = TypeVar("R")
+
+# key, items of one batch, each item's queue wait (s), compute time of the batch (s)
+BatchHook = Callable[[Any, list[Any], list[float], float], None]
+
+
+class QueueFull(Exception):
+    """The batch queue is at its bound; retry after `retry_after_s` seconds."""
+
+    def __init__(self, queued: int, limit: int, retry_after_s: int) -> None:
+        super().__init__(f"server busy: {queued} requests queued (limit {limit}); retry later")
+        self.queued = queued
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(slots=True)
+class _Pending:
+    item: Any
+    future: asyncio.Future[Any]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(slots=True)
+class _Outcome:
+    ok: bool
+    value: Any  # the result, or the exception raised for this item
+
+
+class DynamicBatcher(Generic[K, I, R]):
+    """`await submit(key, item)` -> that item's own result from `run_batch(key, items)`.
+
+    `run_batch` must return one result per item, in order; it runs on the worker thread.
+    """
+
+    def __init__(
+        self,
+        run_batch: Callable[[K, list[I]], Sequence[R]],
+        *,
+        max_batch_size: int = 64,
+        max_batch_delay_ms: float = 2.0,
+        max_queue: int = 1024,
+        executor: Executor | None = None,
+        on_batch: BatchHook | None = None,
+    ) -> None:
+        if max_batch_size < 1 or max_queue < 1 or max_batch_delay_ms < 0:
+            raise ValueError("max_batch_size and max_queue must be >= 1, the delay >= 0")
+        self._run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_batch_delay_ms / 1000.0
+        self.max_queue = max_queue
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="gatehouse-infer")
+        self._on_batch = on_batch
+        self._queues: dict[K, deque[_Pending]] = {}  # dict order is the round-robin order
+        self._queued = 0  # items accepted and not yet handed to the worker (direct: not done)
+        self._arrivals = 0
+        self._concurrent = False
+        self._expect = 1  # rows likely to arrive soon: what was in flight at the last batch
+        self._target = max_batch_size  # rows the forming batch waits for
+        self._idle_since = 0.0  # when the worker last became free
+        self._batch_s = 0.0  # moving average of one batch's compute time, for Retry-After
+        self._wake: asyncio.Event | None = None
+        self._full: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_batch_size > 1
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    async def submit(self, key: K, item: I) -> R:
+        return (await self.submit_many(key, [item]))[0]
+
+    async def submit_many(self, key: K, items: Sequence[I]) -> list[R]:
+        """Results for `items`, in order. The rows may land in different batches."""
+        if self._closed:
+            raise RuntimeError("batcher is closed")
+        n = len(items)
+        if n == 0:
+            return []
+        if self._queued + n > self.max_queue:
+            raise QueueFull(self._queued, self.max_queue, self._retry_after())
+        if not self.enabled:
+            return await self._direct(key, items)
+
+        loop = asyncio.get_running_loop()
+        self._ensure_dispatcher(loop)
+        queue = self._queues.setdefault(key, deque())
+        pending = [_Pending(item, loop.create_future()) for item in items]
+        queue.extend(pending)
+        self._queued += n
+        self._arrivals += n
+        assert self._wake is not None and self._full is not None
+        self._wake.set()
+        if len(queue) >= self._target:
+            self._full.set()
+        # Cancelling this request cancels its futures (gather cancels its children): the
+        # dispatcher skips cancelled items, and a batch already running drops their rows.
+        if n == 1:
+            return [await pending[0].future]
+        return list(await asyncio.gather(*(p.future for p in pending)))
+
+    async def close(self) -> None:
+        """Stop dispatching; waiting requests fail with RuntimeError."""
+        task = self._task
+        self.shutdown()
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def shutdown(self) -> None:
+        """`close` for synchronous callers: the dispatcher is cancelled, not awaited."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        self._fail_pending("server shutting down")
+        if self._own_executor:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _retry_after(self) -> int:
+        batches_ahead = math.ceil(self._queued / self.max_batch_size)
+        return max(1, math.ceil(batches_ahead * self._batch_s))
+
+    def _note_batch_time(self, seconds: float) -> None:
+        self._batch_s = seconds if self._batch_s == 0 else 0.8 * self._batch_s + 0.2 * seconds
+
+    def _ensure_dispatcher(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._task is None or self._task.done():
+            self._wake = asyncio.Event()
+            self._full = asyncio.Event()
+            self._task = loop.create_task(self._dispatch(), name="gatehouse-batcher")
+            self._task.add_done_callback(self._dispatcher_done)
+
+    def _dispatcher_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        # A bug in the dispatcher must not leave requests waiting forever: fail them now
+        # (the next submit starts a fresh dispatcher).
+        log.error("batch dispatcher died", exc_info=task.exception())
+        self._fail_pending("batch dispatcher failed")
+
+    def _fail_pending(self, message: str) -> None:
+        for queue in self._queues.values():
+            for p in queue:
+                if not p.future.done():
+                    p.future.set_exception(RuntimeError(message))
+        self._queues.clear()
+        self._queued = 0
+
+    async def _dispatch(self) -> None:
+        assert self._wake is not None and self._full is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queues:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            key = next(iter(self._queues))
+            queue = self._queues[key]
+            if self._concurrent and self.max_delay_s > 0 and len(queue) < self.max_batch_size:
+                await self._fill(queue)
+            batch = self._take(key)
+            if not batch:
+                continue
+            arrivals = self._arrivals
+            try:
+                outcomes, started, compute_s = await loop.run_in_executor(
+                    self._executor, self._run_guarded, key, [p.item for p in batch]
+                )
+            except Exception as e:  # the executor itself failed (shut down)
+                outcomes, started, compute_s = [_Outcome(False, e)] * len(batch), 0.0, 0.0
+            self._concurrent = len(batch) > 1 or self._arrivals > arrivals
+            # Closed-loop clients answered now send their next request within milliseconds.
+            self._expect = min(self.max_batch_size, len(batch) + self._queued)
+            self._idle_since = time.perf_counter()
+            self._batch_s = (
+                compute_s if self._batch_s == 0 else 0.8 * self._batch_s + 0.2 * compute_s
+            )
+            for p, outcome in zip(batch, outcomes, strict=True):
+                if p.future.done():
+                    continue  # its request was cancelled meanwhile
+                if outcome.ok:
+                    p.future.set_result(outcome.value)
+                else:
+                    p.future.set_exception(outcome.value)
+            self._report(
+                key, [p.item for p in batch], [started - p.enqueued for p in batch], compute_s
+            )
+
+    async def _fill(self, queue: deque[_Pending]) -> None:
+        """Hold a partial batch until the rows expected soon have arrived (as many as were in
+        flight when the worker last finished), or `max_batch_delay_ms` after the worker was
+        free and the oldest row was there. Forward passes cost nearly the same at 32 rows as
+        at 64 (reading the weights dominates), so one full pass beats two half ones."""
+        assert self._full is not None
+        self._target = min(self.max_batch_size, max(2, self._expect))
+        deadline = max(queue[0].enqueued, self._idle_since) + self.max_delay_s
+        try:
+            while len(queue) < self._target:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    return
+                self._full.clear()
+                try:
+                    await asyncio.wait_for(self._full.wait(), remaining)
+                except asyncio.TimeoutError:
+                    return
+        finally:
+            self._target = self.max_batch_size
+
+    def _take(self, key: K) -> list[_Pending]:
+        queue = self._queues.pop(key)
+        batch: list[_Pending] = []
+        while queue and len(batch) < self.max_batch_size:
+            p = queue.popleft()
+            self._queued -= 1
+            if not p.future.done():
+                batch.append(p)
+        if queue:
+            self._queues[key] = queue  # re-inserted last: the next key gets the next turn
+        return batch
+
+    def _run_guarded(self, key: K, items: list[I]) -> tuple[list[_Outcome], float, float]:
+        """Worker thread. A batch that fails is retried row by row, so one bad row fails
+        alone instead of taking its batch-mates down with it."""
+        started = time.perf_counter()
+        try:
+            results = list(self._run_batch(key, items))
+            if len(results) != len(items):
+                raise RuntimeError(f"batch function gave {len(results)} results for {len(items)}")
+            outcomes = [_Outcome(True, r) for r in results]
+        except Exception as e:
+            if len(items) == 1:
+                outcomes = [_Outcome(False, e)]
+            else:
+                outcomes = [self._run_one(key, item) for item in items]
+        return outcomes, started, time.perf_counter() - started
+
+    def _run_one(self, key: K, item: I) -> _Outcome:
+        try:
+            return _Outcome(True, self._run_batch(key, [item])[0])
+        except Exception as e:
+            return _Outcome(False, e)
+
+    def _run_direct_rows(self, key: K, items: list[I]) -> tuple[list[_Outcome], float, float]:
+        started = time.perf_counter()
+        outcomes = [self._run_one(key, item) for item in items]
+        return outcomes, started, time.perf_counter() - started
+
+    async def _direct(self, key: K, items: Sequence[I]) -> list[R]:
+        """Batching off: every row is its own forward pass, in submission order."""
+        loop = asyncio.get_running_loop()
+        n = len(items)
+        self._queued += n
+        enqueued = time.perf_counter()
+        try:
+            outcomes, started, compute_s = await loop.run_in_executor(
+                self._executor, self._run_direct_rows, key, list(items)
+            )
+        finally:
+            self._queued -= n
+        self._batch_s = (
+            compute_s / n if self._batch_s == 0 else 0.8 * self._batch_s + 0.2 * compute_s / n
+        )
+        for i in range(n):
+            self._report(key, [items[i]], [started - enqueued], compute_s / n)
+        for outcome in outcomes:
+            if not outcome.ok:
+                raise outcome.value
+        return [o.value for o in outcomes]
+
+    def _report(self, key: K, items: list[Any], waits: list[float], compute_s: float) -> None:
+        if self._on_batch is None:
+            return
+        try:
+            self._on_batch(key, items, waits, compute_s)
+        except Exception:  # metrics must never break serving
+            log.exception("batch hook failed")

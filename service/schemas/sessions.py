@@ -1,0 +1,51 @@
+"""POST /sessions, POST /sessions/{id}/feed, GET and DELETE /sessions/{id}."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from .common import ModelRef, Prediction, Request
+
+
+class SessionCreate(Request):
+    model: str | None = ModelRef
+
+    model_config = {"json_schema_extra": {"examples": [{"model": "lstm"}, {"model": "gru@1"}]}}
+
+
+class SessionInfo(BaseModel):
+    session_id: str = Field(description="Unguessable id: whoever holds it can use the session.")
+    model: str
+    version: int = Field(description="The version the session is pinned to for its lifetime.")
+    arch: str
+    history_length: int = Field(description="Tokens fed so far.")
+    feeds: int = Field(description="Successful feeds so far.")
+    created_at: str = Field(description="UTC, ISO 8601.")
+    idle_ttl_s: float = Field(description="A session unused for this long expires.")
+    expires_in_s: float = Field(description="Seconds left before expiry unless used again.")
+
+
+class FeedRequest(Request):
+    text: str = Field(description="More text; tokens are appended to everything fed so far.")
+    top_k: int = Field(5, ge=1, description="How many next words to return.")
+    temperature: float = Field(1.0, ge=0.01, le=100, description="Softmax temperature.")
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [{"text": "i grew up in france .", "top_k": 3}, {"text": "i speak"}]
+        }
+    }
+
+
+class FeedResponse(BaseModel):
+    session_id: str
+    model: str
+    version: int
+    arch: str
+    history_length: int = Field(description="Tokens fed so far, this feed included.")
+    tokens: list[str] = Field(description="The tokens of this feed.")
+    unknown: list[str] = Field(description="Words of this feed read as <unk>.")
+    predictions: list[Prediction] = Field(
+        description="The word after everything fed so far: the same as POST /predict on the "
+        "fed texts joined by spaces."
+    )
