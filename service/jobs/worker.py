@@ -264,7 +264,12 @@ def run(job_dir: Path, model_dir: Path, device: str, threads: int, emitter: Emit
         return EXIT_CANCELLED
     meta = build_meta(result, corpus)
     meta["job_id"] = job_id
-    version = store.save_version(model_dir, name, result.model, result.tokenizer, meta)
+    try:
+        version = store.save_version(model_dir, name, result.model, result.tokenizer, meta)
+    except OSError as e:  # a full or failing disk: the store left no partial version behind
+        traceback.print_exc()
+        emitter.emit("failed", error=f"saving {name} failed, no version was created: {e}")
+        return EXIT_FAILED
     log.info("job %s saved %s@%s", job_id, name, version)
     emitter.emit("succeeded", version=version, metrics=result.metrics, history=result.history)
     return EXIT_SUCCEEDED
