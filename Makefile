@@ -23,7 +23,8 @@ system-deps:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v hey >/dev/null || \
 	  { command -v apt-get >/dev/null || { echo "need promtool, prometheus and hey: install them" >&2; exit 1; }; \
 	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	    $$SUDO apt-get update -q && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus hey; }
+	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus hey; }
 
 test: install system-deps
 	$(BIN)/ruff check .
