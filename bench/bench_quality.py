@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import torch
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.machine import cpu_name  # noqa: E402
 from models.corpus import Corpus, corpus_from_splits  # noqa: E402
 from models.lm import ARCHS  # noqa: E402
 from models.train import TrainConfig, train  # noqa: E402
@@ -47,14 +47,7 @@ def _slice(src: Path, dst: Path, start: int, count: int) -> None:
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (
         f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
