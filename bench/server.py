@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -47,11 +48,9 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited ({self.proc.returncode}): {self.tail()}")
-            try:
+            with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
                     return
-            except httpx.HTTPError:
-                pass
             time.sleep(0.25)
         raise TimeoutError(f"server not ready after {timeout}s: {self.tail()}")
 

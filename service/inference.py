@@ -218,7 +218,7 @@ class InferenceEngine:
         generator: torch.Generator | None,
     ) -> int:
         scores = logits.float().clone()
-        scores[unk_id] = -math.inf  # "<unk>" is a placeholder, never a word worth writing
+        scores[unk_id] = -math.inf  # "<unk>" stands for any rare word: never one to write
         if not sample:
             return int(scores.argmax())
         assert temperature is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import platform
 import re
@@ -210,15 +211,14 @@ class CudaMemoryCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         allocated, reserved = self._families()
-        try:
+        # A broken driver must not break the scrape: the families then go out empty.
+        with contextlib.suppress(Exception):
             # Only once the server itself has set CUDA up: a scrape never creates a context.
             if torch.cuda.is_initialized():
                 for i in range(torch.cuda.device_count()):
                     dev = f"cuda:{i}"
                     allocated.add_metric([dev], float(torch.cuda.memory_allocated(i)))
                     reserved.add_metric([dev], float(torch.cuda.memory_reserved(i)))
-        except Exception:  # a broken driver must not break the scrape
-            pass
         return [allocated, reserved]
 
     @staticmethod

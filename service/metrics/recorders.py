@@ -6,6 +6,7 @@ reasons or states): a metrics call must not fail a request or a job.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Mapping
 
@@ -115,10 +116,8 @@ def model_unloaded(name: str) -> None:
     """The model left the registry: its info and sessions series go; its counters stay."""
     with _lock:
         _drop_model_info(name)
-        try:
+        with contextlib.suppress(KeyError):  # never had sessions
             SESSIONS_ACTIVE.remove(name)
-        except KeyError:
-            pass
         MODELS_LOADED.set(len(_models))
 
 
@@ -166,10 +165,8 @@ def job_progress(
 
 def _remove_job_series(job_id: str, model: str, arch: str) -> None:
     for gauge in (JOB_PROGRESS, JOB_LOSS, JOB_VAL_PPL, JOB_TOKENS_PER_S):
-        try:
+        with contextlib.suppress(KeyError):  # no progress reported yet
             gauge.remove(job_id, model, arch)
-        except KeyError:
-            pass
 
 
 def job_finished(job_id: str, status: str, duration_s: float) -> None:
