@@ -139,7 +139,8 @@ def _write_bytes(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file's data, or a directory's entries (a rename), to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -200,7 +201,7 @@ def save_version(
         # another user.
         os.chmod(tmp, 0o755)
         save_file(_weights_to_save(model), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        _fsync_path(tmp / WEIGHTS_FILE)
+        fsync_path(tmp / WEIGHTS_FILE)
         _write_bytes(tmp / VOCAB_FILE, vocab_bytes)
         candidate = 0
         for _ in range(_MAX_RENAME_TRIES):
@@ -209,7 +210,7 @@ def save_version(
             record["version"] = candidate
             # Rewritten on each try: the version inside must match the directory it lands in.
             _write_bytes(tmp / META_FILE, _dump_json(record))
-            _fsync_path(tmp)
+            fsync_path(tmp)
             target = base / str(candidate)
             try:
                 os.rename(tmp, target)
@@ -225,7 +226,7 @@ def save_version(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_path(base)
+    fsync_path(base)
     return candidate
 
 

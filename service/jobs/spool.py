@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from models.store import fsync_path
+
 JOBS_DIR = ".jobs"
 STAGING_PREFIX = ".staging-"
 SPEC_FILE = "job.json"
@@ -33,19 +35,6 @@ def jobs_root(model_dir: Path) -> Path:
 
 def job_dir(model_dir: Path, job_id: str) -> Path:
     return jobs_root(model_dir) / job_id
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class TooLarge(Exception):
@@ -113,11 +102,11 @@ class Staging:
         spec_path = self.path / SPEC_FILE
         spec_path.write_text(json.dumps(spec, indent=2, allow_nan=False) + "\n", "utf-8")
         for path in [*self._written, spec_path]:
-            _fsync_file(path)
+            fsync_path(path)
         for d in {p.parent for p in self._written} | {self.path}:
-            _fsync_dir(d)
+            fsync_path(d)
         os.rename(self.path, self.final)
-        _fsync_dir(self.final.parent)
+        fsync_path(self.final.parent)
         return self.final
 
     def discard(self) -> None:
