@@ -22,6 +22,8 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from .gc_pauses import GcPauseCollector
+
 # `_created` series double the exposition and no dashboard here reads them.
 disable_created_metrics()
 
@@ -241,6 +243,8 @@ ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
 GCCollector(registry=REGISTRY)
 REGISTRY.register(CudaMemoryCollector())
+GC_PAUSES = GcPauseCollector()
+REGISTRY.register(GC_PAUSES)
 
 
 def _init_static_series() -> None:

@@ -296,8 +296,8 @@ def wait_for(prom: str, expr: str, ok, timeout: float = 20.0) -> list[dict]:  # 
             result = query(prom, expr)
             if ok(result):
                 return result
-        except httpx.HTTPError:
-            pass  # still starting
+        except (httpx.HTTPError, ValueError):
+            pass  # still starting: refused, or a plain-text 503 until its storage is ready
         time.sleep(0.25)
     raise TimeoutError(f"{expr}: last answer {result}")
 
