@@ -64,6 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-batch-delay-ms", type=float, help="default: the server's")
     p.add_argument("--torch-threads", type=int, default=0, help="0: the server's default")
     p.add_argument("--session-steps", type=int, default=40)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="model device")
     p.add_argument("--no-peer", action="store_true", help="skip TorchServe")
     p.add_argument("--no-off", action="store_true", help="skip the batching-off server")
     p.add_argument("--no-bf16", action="store_true", help="skip the --half bf16 server")
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         machine=machine(), command="python -m bench " + shlex.join(argv or sys.argv[1:])
     )
     threads = args.torch_threads or os.cpu_count() or 1
+    if args.device == "cuda":
+        results.machine["gpu"] = torch.cuda.get_device_name(0)
     with tempfile.TemporaryDirectory(prefix="gatehouse-bench-") as tmp:
         model_dir = Path(tmp) / "models"
         log("building the WikiText-2-size LSTM (vocab 33,278, 2 x 650)")
@@ -108,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"raw model in-process, {threads} torch threads")
         torch.set_num_threads(threads)
         loaded = store.load_version(model_dir, serving_model.NAME)
+        loaded.model.to(args.device)
         for b in levels:
             results.raw.append(raw.measure(loaded.model, b, seconds=max(2.0, args.seconds / 2)))
             log(f"  batch {b}: {results.raw[-1].qps:.1f} queries/s")
@@ -120,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         del loaded
         gc.collect()
 
-        env = {"GATEHOUSE_TORCH_THREADS": str(args.torch_threads)} if args.torch_threads else {}
+        env = {"GATEHOUSE_DEVICE": args.device}
+        if args.torch_threads:
+            env["GATEHOUSE_TORCH_THREADS"] = str(args.torch_threads)
         setups = [(ON, {"GATEHOUSE_MAX_BATCH_SIZE": str(args.max_batch_size)})]
         if not args.no_off:
             setups.append((OFF, {"GATEHOUSE_MAX_BATCH_SIZE": "1"}))

@@ -1,7 +1,7 @@
 """The accuracy cost of serving in bf16 (`--half bf16`): the same windows of WikiText-2 valid
 through a stored model in float32 and in bfloat16, compared.
 
-    python -m bench.half_accuracy --model-dir DIR --name NAME [--windows 512] [--length 35]
+    python -m bench.half_accuracy --model-dir DIR --name NAME [--windows 512] [--device cuda]
 
 Use a trained model: on random weights every distribution is flat and the numbers mean little.
 """
@@ -37,9 +37,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--windows", type=int, default=512)
     p.add_argument("--length", type=int, default=35)
     p.add_argument("--text", type=Path, default=VALID)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = p.parse_args(argv)
 
     loaded = store.load_version(args.model_dir, args.name)
+    loaded.model.to(args.device)
     ids = loaded.tokenizer.vocab.encode(args.text.read_text(encoding="utf-8").split())
     rng = random.Random(0)
     starts = [rng.randrange(len(ids) - args.length - 1) for _ in range(args.windows)]
