@@ -1,9 +1,9 @@
 """Garbage-collector pauses as a histogram, and the frozen-heap size as a gauge.
 
 A full (generation 2) collection stops every thread that needs the GIL, the event loop
-included. Before the start-up heap was frozen (`freeze_heap`), each one walked the ~1M objects
-of torch, pydantic and FastAPI: 100-150 ms, every ~1.4 s under load, which was the whole p95/p99
-tail of `/predict` at concurrency 64. These series keep that visible.
+included. Before the start-up heap was frozen (`freeze_heap`), each one walked the ~330,000
+objects of torch, pydantic, FastAPI and the models: 100-150 ms, every ~1.4 s under load, which
+was the whole p95/p99 tail of `/predict` at concurrency 64. These series keep that visible.
 
 The timing runs inside `gc.callbacks`, where taking a lock is unsafe (the collection may have
 started inside code that holds the very same lock, say a histogram's). So the callback only

