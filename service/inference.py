@@ -314,7 +314,5 @@ def _observe_batch(
     key: Any, items: list[tuple[LoadedModel, Step]], waits: list[float], compute_s: float
 ) -> None:
     loaded = items[0][0]
-    name, arch, version = loaded.name, loaded.config.arch, loaded.version
-    metrics.observe_batch(name, arch, version, len(items))
-    for (_, step), wait in zip(items, waits, strict=True):
-        metrics.observe_inference(name, arch, version, wait, compute_s, 1, len(step.ids))
+    tokens = [len(step.ids) for _, step in items]
+    metrics.observe_batch(loaded.name, loaded.config.arch, loaded.version, waits, compute_s, tokens)

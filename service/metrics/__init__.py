@@ -35,7 +35,6 @@ from .recorders import (
     model_loaded,
     model_unloaded,
     observe_batch,
-    observe_inference,
     set_jobs_by_state,
     set_sessions_active,
 )
@@ -57,7 +56,6 @@ __all__ = [
     "model_loaded",
     "model_unloaded",
     "observe_batch",
-    "observe_inference",
     "render",
     "route_template",
     "set_jobs_by_state",

@@ -230,20 +230,22 @@ async def test_cancelled_request_still_leaves_in_flight() -> None:
 # Helpers called by the other layers.
 
 
-def test_observe_inference_and_batch() -> None:
+def test_observe_batch_counts_every_request_of_the_pass() -> None:
     name = f"m-{uuid.uuid4().hex[:8]}"
     lab = {"model": name, "arch": "gru", "version": "3"}
-    for _ in range(4):
-        metrics.observe_inference(name, "gru", 3, 0.002, 0.010, n_predictions=2, n_tokens=9)
-    metrics.observe_batch(name, "gru", 3, 5)
-    assert value("gatehouse_inference_queue_seconds_count", **lab) == 4
-    assert value("gatehouse_inference_queue_seconds_sum", **lab) == pytest.approx(0.008)
-    assert value("gatehouse_inference_compute_seconds_sum", **lab) == pytest.approx(0.040)
-    assert value("gatehouse_inference_duration_seconds_sum", **lab) == pytest.approx(0.048)
-    assert value("gatehouse_inference_predictions_total", **lab) == 8
-    assert value("gatehouse_inference_tokens_total", **lab) == 36
-    assert value("gatehouse_batch_size_bucket", **lab, le="4.0") == 0
-    assert value("gatehouse_batch_size_bucket", **lab, le="8.0") == 1
+    waits = [0.001, 0.002, 0.003, 0.002, -0.5]  # a clock step backwards counts as 0
+    metrics.observe_batch(name, "gru", 3, waits, 0.010, [9, 9, 4, 1, 7])
+    metrics.observe_batch(name, "gru", 3, [0.004], 0.020, [3])
+    assert value("gatehouse_inference_queue_seconds_count", **lab) == 6
+    assert value("gatehouse_inference_queue_seconds_sum", **lab) == pytest.approx(0.012)
+    assert value("gatehouse_inference_compute_seconds_sum", **lab) == pytest.approx(0.070)
+    assert value("gatehouse_inference_duration_seconds_sum", **lab) == pytest.approx(0.082)
+    assert value("gatehouse_inference_compute_seconds_bucket", **lab, le="0.01") == 5
+    assert value("gatehouse_inference_predictions_total", **lab) == 6
+    assert value("gatehouse_inference_tokens_total", **lab) == 33
+    assert value("gatehouse_batch_size_count", **lab) == 2
+    assert value("gatehouse_batch_size_bucket", **lab, le="4.0") == 1
+    assert value("gatehouse_batch_size_bucket", **lab, le="8.0") == 2
 
 
 def test_model_info_newest_version_wins() -> None:
