@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import threading
@@ -103,6 +104,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await job_manager.stop()  # running jobs checkpoint; they resume at the next start
         await engine.sessions.close()
         engine.close()
+        # Hand the heap back to the collector: what this app held is garbage now, and an app
+        # built later in the same process (tests do) must not keep it alive for good.
+        gc.unfreeze()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

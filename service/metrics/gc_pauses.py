@@ -67,12 +67,13 @@ class GcPauseCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         pauses, frozen = self._families()
         for generation in range(GENERATIONS):
-            counts = list(self._counts[generation])  # a copy: a collection may land meanwhile
+            # Copied together: a collection landing meanwhile must not put _sum ahead of _count.
+            counts, total = list(self._counts[generation]), self._sums[generation]
             cumulative, buckets = 0, []
             for bound, n in zip((*GC_BUCKETS, float("inf")), counts, strict=True):
                 cumulative += n
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-            pauses.add_metric([str(generation)], buckets, self._sums[generation])
+            pauses.add_metric([str(generation)], buckets, total)
         frozen.add_metric([], float(gc.get_freeze_count()))
         return [pauses, frozen]
 
