@@ -15,6 +15,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
@@ -35,6 +36,17 @@ from .steps import Step, StepBatcher, StepResult, warm_up
 
 T = TypeVar("T")
 log = logging.getLogger("gatehouse.inference")
+
+
+@dataclass(frozen=True, slots=True)
+class GateQuery:
+    """What `/gates` asks of a text: the transport-neutral form of its request body."""
+
+    top_k: int = 5
+    layers: list[int] | None = None  # None: every layer
+    units: list[int] | None = None  # None: every unit
+    decimals: int | None = None  # round the gate values; None: full precision
+    summary_only: bool = False
 
 
 class InferenceEngine:
@@ -229,17 +241,9 @@ class InferenceEngine:
         probs = torch.softmax(scores, dim=-1)
         return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
-    async def gates(
-        self,
-        ref: str | None,
-        text: str,
-        top_k: int,
-        layers: list[int] | None,
-        units: list[int] | None,
-        decimals: int | None,
-        summary_only: bool,
-    ) -> dict[str, Any]:
-        self.check_top_k(top_k)
+    async def gates(self, ref: str | None, text: str, query: GateQuery) -> dict[str, Any]:
+        self.check_top_k(query.top_k)
+        layers, units = query.layers, query.units
         loaded = self.registry.resolve(ref)
         cfg = loaded.config
         bad_layers = [k for k in layers or [] if not 0 <= k < cfg.num_layers]
@@ -249,7 +253,7 @@ class InferenceEngine:
         if bad_units:
             raise ApiError(422, f"units {bad_units[:10]} out of range 0..{cfg.hidden_size - 1}")
         enc = self.encode(loaded, text, self.settings.max_gate_tokens)
-        if not summary_only:
+        if not query.summary_only:
             n_keys = len(gate_inspection.GATE_KEYS[cfg.arch])
             n_layers = len(set(layers)) if layers else cfg.num_layers
             n_values = len(enc.ids) * len(units or range(cfg.hidden_size)) * n_keys * n_layers
@@ -260,20 +264,10 @@ class InferenceEngine:
                     f"{self.settings.max_gate_values} (max_gate_values): ask for fewer "
                     "layers or units, a shorter text, or summary_only",
                 )
-        return await self._run(
-            self._gates_sync, loaded, enc, top_k, layers, units, decimals, summary_only
-        )
+        return await self._run(self._gates_sync, loaded, enc, query)
 
-    def _gates_sync(
-        self,
-        loaded: LoadedModel,
-        enc: Encoded,
-        top_k: int,
-        layers: list[int] | None,
-        units: list[int] | None,
-        decimals: int | None,
-        summary_only: bool,
-    ) -> dict[str, Any]:
+    def _gates_sync(self, loaded: LoadedModel, enc: Encoded, query: GateQuery) -> dict[str, Any]:
+        layers, units = query.layers, query.units
         with torch.inference_mode():
             trace = gate_inspection.inspect(loaded.model, torch.tensor(enc.ids))
         keep = sorted(set(layers)) if layers else list(range(len(trace.layers)))
@@ -292,17 +286,17 @@ class InferenceEngine:
         for entry, k in zip(summary["layers"], keep, strict=True):
             entry["layer"] = k
         out_layers = []
-        if not summary_only:
+        if not query.summary_only:
             for k, states in zip(keep, chosen, strict=True):
                 gates = {}
                 for key, v in states.items():
                     # float64 before rounding: a rounded float32 prints as 0.492000013...
                     v = v.double().cpu()
-                    if decimals is not None:
-                        v = torch.round(v, decimals=decimals)
+                    if query.decimals is not None:
+                        v = torch.round(v, decimals=query.decimals)
                     gates[key] = v.tolist()
                 out_layers.append({"layer": k, "gates": gates})
-        top = self._top(loaded, trace.logits.unsqueeze(0), top_k, 1.0)[0]
+        top = self._top(loaded, trace.logits.unsqueeze(0), query.top_k, 1.0)[0]
         return self._result(
             loaded,
             enc,
