@@ -160,3 +160,19 @@ def test_builtin_starts_from_the_default_recipe_and_flags_override() -> None:
         _parser().parse_args(["--arch", "lstm", "--train", "t", "--optimizer", "sgd", *base])
     )
     assert (cfg.effective_lr, cfg.effective_clip) == (1.0, 0.5)
+
+
+def test_schedule_flags_set_the_config_and_a_bad_schedule_is_refused() -> None:
+    from models.train_cli import _config, _parser
+
+    base = ["--arch", "lstm", "--train", "t", "--model-dir", "x", "--name", "n"]
+    flags = ["--schedule", "cosine", "--warmup-steps", "50", "--min-lr-ratio", "0.1"]
+    cfg = _config(_parser().parse_args([*base, *flags, "--decay-start", "0.2"]))
+    assert (cfg.schedule, cfg.warmup_steps, cfg.decay_start, cfg.min_lr_ratio) == (
+        "cosine",
+        50,
+        0.2,
+        0.1,
+    )
+    with pytest.raises(ValueError, match="schedule"):
+        _config(_parser().parse_args([*base, "--schedule", "linear"]))
