@@ -65,6 +65,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--torch-threads", type=int, default=0, help="0: the server's default")
     p.add_argument("--session-steps", type=int, default=40)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="model device")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=serving_model.WIKITEXT_TRAIN.parent,
+        help="WikiText-2 folder: its train.txt gives the model's vocabulary",
+    )
     p.add_argument("--no-peer", action="store_true", help="skip TorchServe")
     p.add_argument("--no-off", action="store_true", help="skip the batching-off server")
     p.add_argument("--no-bf16", action="store_true", help="skip the --half bf16 server")
@@ -102,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gatehouse-bench-") as tmp:
         model_dir = Path(tmp) / "models"
         log("building the WikiText-2-size LSTM (vocab 33,278, 2 x 650)")
-        cfg = serving_model.build(model_dir)
+        cfg = serving_model.build(model_dir, args.data / "train.txt")
         results.machine["model"] = (
             f"LSTM {cfg.num_layers} x {cfg.hidden_size}, embedding {cfg.embedding_size}, "
             f"vocab {cfg.vocab_size:,}, random weights; requests of 9 tokens, top_k 5"

@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             report.add("skipped: that model was not trained")
     serve = [sys.executable, "-m", "bench", "--device", args.device, "--no-peer"]
+    serve += ["--data", str(args.data)]
     serve += ["--out", str(args.out / "serving.md"), "--json", str(args.out / "serving.json")]
     if args.dry_run:
         serve += ["--seconds", "1", "--warmup", "0.5", "--session-steps", "5", "--no-off"]
