@@ -20,8 +20,8 @@ class RawResult:
     p99: float
 
 
-def measure(model: RNNLM, batch: int, tokens: int = 9, seconds: float = 3.0) -> RawResult:
-    """One forward pass over `batch` rows of `tokens` ids, softmax and top-5 included."""
+def pass_times(model: RNNLM, batch: int, tokens: int = 9, seconds: float = 3.0) -> list[float]:
+    """Seconds per forward pass over `batch` rows of `tokens` ids, softmax and top-5 included."""
     gen = torch.Generator().manual_seed(batch)
     device = model.decoder.weight.device
     ids = torch.randint(model.cfg.vocab_size, (batch, tokens), generator=gen).to(device)
@@ -46,10 +46,16 @@ def measure(model: RNNLM, batch: int, tokens: int = 9, seconds: float = 3.0) -> 
             torch.topk(torch.softmax(logits, -1), 5)
             sync()
             times.append(time.perf_counter() - start)
-    times.sort()
+    return times
+
+
+def measure(
+    model: RNNLM, batch: int, tokens: int = 9, seconds: float = 3.0, label: str | None = None
+) -> RawResult:
+    times = sorted(pass_times(model, batch, tokens, seconds))
     return RawResult(
         batch=batch,
-        dtype=str(model.decoder.weight.dtype).removeprefix("torch."),
+        dtype=label or str(model.decoder.weight.dtype).removeprefix("torch."),
         qps=batch * len(times) / sum(times),
         p50=statistics.median(times),
         p99=times[min(len(times) - 1, int(0.99 * len(times)))],

@@ -129,3 +129,23 @@ class RNNLM(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def column_major_decoder(model: RNNLM) -> bool:
+    """Store the decoder weight transposed in memory, on CPU: same values, same [V, H] shape.
+
+    Why: a batch-1 forward of a large-vocabulary model is mostly the decoder's matrix-vector
+    product, and the BLAS torch ships (MKL) runs `x @ W.T` about twice as fast when W.T is the
+    contiguous one. Measured on the 2-core dev VM, LSTM 2 x 650, vocab 33,278: the decoder
+    alone 6.7 -> 3.3 ms, a whole 9-token forward 12.4 -> 9.3 ms; batch 64 unchanged. A tied
+    embedding shares the new weight, so no memory is added. Returns whether anything changed.
+    CUDA is left alone: cuBLAS takes either layout at the same speed.
+    """
+    weight = model.decoder.weight
+    if weight.device.type != "cpu" or not weight.is_contiguous() or weight.shape[1] == 1:
+        return False
+    moved = nn.Parameter(weight.detach().t().contiguous().t(), requires_grad=weight.requires_grad)
+    model.decoder.weight = moved
+    if model.cfg.tied:
+        model.embedding.weight = moved
+    return True

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from models.lm import RNNLM, ModelConfig
+from models.lm import RNNLM, ModelConfig, column_major_decoder
 
 ARCHS = ("rnn", "lstm", "gru")
 TOL = 1e-5
@@ -113,6 +113,25 @@ def test_tying_shares_one_matrix() -> None:
     untied_same_sizes = RNNLM(ModelConfig("gru", VOCAB, 16, 16, 2, 0.3, tied=False))
     assert untied_same_sizes.num_params() - tied.num_params() == VOCAB * 16
     assert untied.decoder.weight is not untied.embedding.weight
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_column_major_decoder_keeps_values_and_the_tie(arch: str, tied: bool) -> None:
+    model = _model(arch, tied)
+    gen = torch.Generator().manual_seed(2)
+    ids = torch.randint(VOCAB, (5, 7), generator=gen)
+    lengths = torch.tensor([7, 3, 1, 7, 5])
+    with torch.inference_mode():
+        before, _ = model.forward_last(ids, lengths)
+        params = model.num_params()
+        assert column_major_decoder(model)
+        after, _ = model.forward_last(ids, lengths)
+    weight = model.decoder.weight
+    assert weight.shape == (VOCAB, model.cfg.hidden_size) and weight.t().is_contiguous()
+    assert (model.embedding.weight is weight) == tied and model.num_params() == params
+    assert _maxdiff(before, after) < TOL
+    assert not column_major_decoder(model)  # already done: a second call changes nothing
 
 
 @pytest.mark.parametrize(
