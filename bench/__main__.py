@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from models import store
-from models.lm import column_major_decoder
+from models.lm import tune_decoder
 
 from . import c1_check, hey, peer, raw, serving_model, session_latency
 from .machine import cpu_name
@@ -124,11 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(threads)
         loaded = store.load_version(model_dir, serving_model.NAME)
         model = loaded.model.to(args.device)
-        as_stored = raw.measure(model, 1, seconds=2.0, label="float32, decoder as stored")
-        if column_major_decoder(model):
-            # The floor is the model as the server holds it; this row shows what that is worth.
-            results.raw.append(as_stored)
-            log(f"  batch 1, decoder as stored: {as_stored.qps:.1f} queries/s")
+        tune_decoder(model)  # as the server does at load: the floor is the model as served
         for b in levels:
             results.raw.append(raw.measure(model, b, seconds=max(2.0, args.seconds / 2)))
             log(f"  batch {b}: {results.raw[-1].qps:.1f} queries/s")

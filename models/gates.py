@@ -132,7 +132,7 @@ def inspect(model: RNNLM, ids: Tensor) -> GateTrace:
             states = layer_fn(xw, w_hh.t(), b_hh)
             layers.append(states)
             x = states["hidden"]
-        logits = model.decoder(x[-1])
+        logits = model.decode(x[-1])
     return GateTrace(arch=arch, layers=layers, logits=logits)
 
 

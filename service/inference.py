@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from models import gates as gate_inspection
-from models.lm import column_major_decoder
+from models.lm import tune_decoder
 from models.store import LoadedModel
 from models.tokenizer import Encoded
 
@@ -104,7 +104,7 @@ class InferenceEngine:
                 )
         elif half != "off":
             log.warning("--half fp16 needs CUDA: %s@%s stays float32", loaded.name, loaded.version)
-        column_major_decoder(model)
+        tune_decoder(model)
         warm_up(model, sorted({1, min(self.settings.max_batch_size, 64)}))
 
     # ---- validation shared by every endpoint -------------------------------------------
