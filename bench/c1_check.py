@@ -10,7 +10,6 @@ server's tail the machine alone accounts for.
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
 
 from models.lm import RNNLM
@@ -36,34 +35,13 @@ class C1Check:
         return self.server_p99 - self.raw_p50
 
 
-def _pct(sorted_xs: list[float], q: float) -> float:
-    return sorted_xs[min(len(sorted_xs) - 1, int(q * len(sorted_xs)))]
-
-
-def _server_window(url: str, body: str, seconds: float) -> tuple[list[float], int]:
-    """One client for `seconds`: latencies of the 2xx answers, and the count of the rest."""
-    cmd = [hey.require_hey(), "-c", "1", "-z", f"{seconds}s", "-m", "POST"]
-    cmd += ["-T", "application/json", "-d", body, "-o", "csv", url]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    ok, failed = [], 0
-    for line in out.splitlines()[1:]:  # response-time,DNS+dialup,DNS,Request-write,...,status
-        fields = line.split(",")
-        if len(fields) < 2:
-            continue
-        if fields[-2].startswith("2"):
-            ok.append(float(fields[0]))
-        else:
-            failed += 1
-    return ok, failed
-
-
 def measure(model: RNNLM, url: str, body: str, rounds: int = 4, window_s: float = 3.0) -> C1Check:
     raw_times: list[float] = []
     server_times: list[float] = []
     failed = 0
     for _ in range(rounds):
         raw_times += raw.pass_times(model, 1, seconds=window_s)
-        ok, bad = _server_window(url, body, window_s)
+        ok, bad = hey.latencies(url, body, 1, window_s)
         server_times += ok
         failed += bad
     raw_times.sort()
@@ -74,10 +52,10 @@ def measure(model: RNNLM, url: str, body: str, rounds: int = 4, window_s: float 
         rounds=rounds,
         window_s=window_s,
         raw_n=len(raw_times),
-        raw_p50=_pct(raw_times, 0.5),
-        raw_p99=_pct(raw_times, 0.99),
+        raw_p50=raw.percentile(raw_times, 0.5),
+        raw_p99=raw.percentile(raw_times, 0.99),
         server_n=len(server_times),
-        server_p50=_pct(server_times, 0.5),
-        server_p99=_pct(server_times, 0.99),
+        server_p50=raw.percentile(server_times, 0.5),
+        server_p99=raw.percentile(server_times, 0.99),
         failed=failed,
     )

@@ -56,21 +56,33 @@ def require_hey() -> str:
     return path
 
 
+def _command(url: str, body: str, concurrency: int, seconds: float) -> list[str]:
+    return [
+        *(require_hey(), "-c", str(concurrency), "-z", f"{seconds}s", "-t", str(int(seconds + 60))),
+        *("-m", "POST", "-T", "application/json", "-d", body, url),
+    ]
+
+
 def run(url: str, body: str, concurrency: int, seconds: float, warmup_s: float = 2.0) -> LoadResult:
     """Closed-loop load: `concurrency` clients, each sending the next request on an answer."""
-    hey = require_hey()
-    base = [hey, "-c", str(concurrency), "-m", "POST", "-T", "application/json", "-d", body]
-    timeout = str(int(seconds + 60))
     if warmup_s > 0:
-        subprocess.run(
-            [*base, "-z", f"{warmup_s}s", "-t", timeout, url],
-            check=True,
-            capture_output=True,
-        )
-    out = subprocess.run(
-        [*base, "-z", f"{seconds}s", "-t", timeout, url],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return parse(out.stdout)
+        subprocess.run(_command(url, body, concurrency, warmup_s), check=True, capture_output=True)
+    cmd = _command(url, body, concurrency, seconds)
+    return parse(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+
+
+def latencies(url: str, body: str, concurrency: int, seconds: float) -> tuple[list[float], int]:
+    """Every request's latency in seconds (2xx answers only), and the count of the others."""
+    cmd = _command(url, body, concurrency, seconds)
+    cmd[-1:-1] = ["-o", "csv"]  # one row per request: response-time,...,status-code,offset
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    ok, failed = [], 0
+    for line in out.splitlines()[1:]:
+        fields = line.split(",")
+        if len(fields) < 2:
+            continue
+        if fields[-2].startswith("2"):
+            ok.append(float(fields[0]))
+        else:
+            failed += 1
+    return ok, failed

@@ -49,14 +49,17 @@ def pass_times(model: RNNLM, batch: int, tokens: int = 9, seconds: float = 3.0) 
     return times
 
 
-def measure(
-    model: RNNLM, batch: int, tokens: int = 9, seconds: float = 3.0, label: str | None = None
-) -> RawResult:
+def percentile(sorted_xs: list[float], q: float) -> float:
+    """The q-quantile (0..1) of an ascending list, by rank: no interpolation."""
+    return sorted_xs[min(len(sorted_xs) - 1, int(q * len(sorted_xs)))]
+
+
+def measure(model: RNNLM, batch: int, tokens: int = 9, seconds: float = 3.0) -> RawResult:
     times = sorted(pass_times(model, batch, tokens, seconds))
     return RawResult(
         batch=batch,
-        dtype=label or str(model.decoder.weight.dtype).removeprefix("torch."),
+        dtype=str(model.decoder.weight.dtype).removeprefix("torch."),
         qps=batch * len(times) / sum(times),
         p50=statistics.median(times),
-        p99=times[min(len(times) - 1, int(0.99 * len(times)))],
+        p99=percentile(times, 0.99),
     )

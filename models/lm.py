@@ -165,13 +165,13 @@ def tune_decoder(model: RNNLM, rows: tuple[int, ...] = (1, 16), repeats: int = 5
     states = [torch.randn(n, model.cfg.hidden_size, generator=gen) for n in rows]
     spent = {False: 0.0, True: 0.0}
     with torch.inference_mode():
-        for _ in range(repeats + 1):  # the first round is a warm-up, not counted
+        for round_ in range(repeats + 1):  # round 0 is a warm-up, not counted
             for choice in spent:
                 model.gemm_decoder = choice
                 start = time.perf_counter()
                 for h in states:
                     model.decode(h)
-                if _ > 0:
+                if round_ > 0:
                     spent[choice] += time.perf_counter() - start
     model.gemm_decoder = spent[True] < spent[False]
     return model.gemm_decoder
