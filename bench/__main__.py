@@ -1,11 +1,12 @@
 """`make bench` = `python -m bench`: the serving benchmark, in one run on one machine.
 
 Builds an LSTM of WikiText-2 size, then measures, in this order: the raw model in-process at
-batch 1/8/64; our server with dynamic batching, then with it off (GATEHOUSE_MAX_BATCH_SIZE=1),
-each driven by `hey` at concurrency 1/8/64 with 9-token requests; session steps at history 10
-vs 1000; the c=1 target with raw and server windows interleaved (bench/c1_check.py); the
-TorchServe peer (batched at 1/8/64, unbatched at 64). Prints a Markdown report
-with ratios and the issue 6 targets; `--out` also writes it to a file.
+batch 1/8/64 (and in half precision at 1 and 64); our server with dynamic batching, then with
+it off (GATEHOUSE_MAX_BATCH_SIZE=1), then batched in half precision (--half; bf16 on a CPU,
+fp16 on CUDA), each driven by `hey` at concurrency 1/8/64 with 9-token requests; session
+steps at history 10 vs 1000; the c=1 target with raw and server windows interleaved
+(bench/c1_check.py); the TorchServe peer (batched at 1/8/64, unbatched at 64). Prints a
+Markdown report with ratios and the issue 6 targets; `--out` also writes it to a file.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from models.lm import tune_decoder
 
 from . import c1_check, hey, peer, raw, serving_model, session_latency
 from .machine import cpu_name
-from .report import OFF, ON, ON_BF16, PEER, PEER_OFF, Results, markdown, targets
+from .report import OFF, ON, PEER, PEER_OFF, Results, markdown, on_half, targets
 from .server import Server
 
 
@@ -76,11 +77,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--no-peer", action="store_true", help="skip TorchServe")
     p.add_argument("--no-off", action="store_true", help="skip the batching-off server")
-    p.add_argument("--no-bf16", action="store_true", help="skip the --half bf16 server")
+    p.add_argument(
+        "--half",
+        default="auto",
+        help="half types to serve and time besides float32, comma-separated (bf16, fp16), or "
+        "none; auto: bf16 on CPU (fp16 on a CPU is slow at batch), fp16 on CUDA (cuDNN will "
+        "not keep bf16 RNN weights flat)",
+    )
     p.add_argument("--out", type=Path, help="also write the Markdown report here")
     p.add_argument("--json", type=Path, help="write the raw numbers here")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     return p.parse_args(argv)
+
+
+HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def half_types(spec: str, device: str) -> list[str]:
+    if spec == "auto":
+        return ["fp16" if device == "cuda" else "bf16"]
+    names = [] if spec == "none" else [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in HALF_DTYPES]
+    if unknown:
+        raise SystemExit(f"--half: unknown {unknown}; choose from {sorted(HALF_DTYPES)} or none")
+    if "fp16" in names and device != "cuda":
+        raise SystemExit("--half fp16 needs --device cuda: the server keeps float32 on a CPU")
+    return names
 
 
 def log(msg: str) -> None:
@@ -109,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         machine=machine(), command="python -m bench " + shlex.join(argv or sys.argv[1:])
     )
     threads = args.torch_threads or os.cpu_count() or 1
+    halves = half_types(args.half, args.device)
     if args.device == "cuda":
         results.machine["gpu"] = torch.cuda.get_device_name(0)
     with tempfile.TemporaryDirectory(prefix="gatehouse-bench-") as tmp:
@@ -128,11 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         for b in levels:
             results.raw.append(raw.measure(model, b, seconds=max(2.0, args.seconds / 2)))
             log(f"  batch {b}: {results.raw[-1].qps:.1f} queries/s")
-        if not args.no_bf16:
-            half = copy.deepcopy(model).to(torch.bfloat16)
+        for name in halves:
+            half = copy.deepcopy(model).to(HALF_DTYPES[name])
             for b in (1, max(levels)):
                 results.raw.append(raw.measure(half, b, seconds=2.0))
-                log(f"  bf16 batch {b}: {results.raw[-1].qps:.1f} queries/s")
+                log(f"  {name} batch {b}: {results.raw[-1].qps:.1f} queries/s")
             del half
         words = [w for w in loaded.tokenizer.vocab.itos[2:5002] if w.isalpha()]
         del loaded
@@ -144,9 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         setups = [(ON, {"GATEHOUSE_MAX_BATCH_SIZE": str(args.max_batch_size)})]
         if not args.no_off:
             setups.append((OFF, {"GATEHOUSE_MAX_BATCH_SIZE": "1"}))
-        if not args.no_bf16:
-            bf16 = {"GATEHOUSE_MAX_BATCH_SIZE": str(args.max_batch_size), "GATEHOUSE_HALF": "bf16"}
-            setups.append((ON_BF16, bf16))
+        for name in halves:
+            batched = {"GATEHOUSE_MAX_BATCH_SIZE": str(args.max_batch_size)}
+            setups.append((on_half(name), {**batched, "GATEHOUSE_HALF": name}))
         for name, extra in setups:
             extra = {**env, **extra}
             if args.max_batch_delay_ms is not None:
@@ -164,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                         s = results.sessions[-1]
                         log(f"  session step at history {history}: p50 {s.p50 * 1000:.1f} ms")
                     if 1 in levels:
-                        results.c1 = c1_check.measure(model, srv.url + "/predict", body(), 4)
+                        results.c1 = c1_check.measure(model, srv.url + "/predict", body())
                         c1 = results.c1
                         log(
                             f"  c=1 interleaved: server p99 {c1.server_p99 * 1000:.1f} ms, raw "

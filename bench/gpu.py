@@ -8,7 +8,7 @@ packs what it needs and prints the command to run there.
    valid ppl 230.7). Our trainer runs one epoch in the anchor's shape with the anchor's own
    recipe (SGD, lr 20, clip 0.25), then in ours (Adam, bf16 autocast, larger batches, a cosine
    schedule; see RECIPES). The target is >= 2x tokens/s at equal or better validation ppl.
-2. The accuracy cost of serving in bf16, on the model trained in step 1.
+2. The accuracy cost of serving in bf16 and in fp16, on the batch-64 model of step 1.
 3. The serving benchmark on CUDA (`python -m bench --device cuda --no-peer`): TorchServe
    needs Java, which the GPU machines lack; its CPU figures are in serving.md.
 
@@ -118,6 +118,8 @@ def train(args: argparse.Namespace, data: Path, store: Path, report: Report) -> 
     report.add("| run | steps | tokens/s | x anchor | valid ppl | anchor ppl | wall s |")
     report.add("|---|---:|---:|---:|---:|---:|---:|")
     for i, (label, recipe) in enumerate(RECIPES):
+        if args.recipes is not None and i not in args.recipes:
+            continue
         if report.minutes() > args.train_minutes:
             report.add(f"| {label} | skipped: {args.train_minutes} training minutes spent |||||")
             continue
@@ -167,6 +169,13 @@ def versions() -> str:
     return ", ".join(parts)
 
 
+def _indices(spec: str) -> set[int]:
+    picked = {int(x) for x in spec.split(",")}
+    if not picked <= set(range(len(RECIPES))):
+        raise argparse.ArgumentTypeError(f"RECIPES has indices 0..{len(RECIPES) - 1}")
+    return picked
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, required=True, help="a folder for the report and logs")
@@ -176,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--train-minutes", type=float, default=4.0, help="start no training run after this"
     )
+    p.add_argument(
+        "--recipes", type=_indices, help="train only these RECIPES, by index (0-based, a,b)"
+    )
+    p.add_argument("--half", default="auto", help="passed to `python -m bench --half`")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here: use --device cpu --dry-run to check the script")
@@ -192,13 +205,15 @@ def main(argv: list[str] | None = None) -> int:
         half = [sys.executable, "-m", "bench.half_accuracy", "--model-dir", str(store)]
         half += ["--name", HALF_MODEL, "--device", args.device, "--text", str(data / "valid.txt")]
         half += ["--windows", "64" if args.dry_run else "512"]
-        report.add("", "## bf16 serving accuracy (the batch-64 cosine LSTM above)", "")
-        if (store / HALF_MODEL).exists():
-            report.add(run(half, args.out / "half.log")[1].strip())
-        else:
-            report.add("skipped: that model was not trained")
+        report.add("", "## Half-precision serving accuracy (the batch-64 cosine LSTM above)", "")
+        for dtype in ("bf16", "fp16"):
+            if (store / HALF_MODEL).exists():
+                out = run([*half, "--dtype", dtype], args.out / "half.log")[1].strip()
+                report.add(f"- {out}")
+            else:
+                report.add("skipped: that model was not trained")
     serve = [sys.executable, "-m", "bench", "--device", args.device, "--no-peer"]
-    serve += ["--data", str(args.data)]
+    serve += ["--data", str(args.data), "--half", args.half]
     serve += ["--out", str(args.out / "serving.md"), "--json", str(args.out / "serving.json")]
     if args.dry_run:
         serve += ["--seconds", "1", "--warmup", "0.5", "--session-steps", "5", "--no-off"]

@@ -1,7 +1,7 @@
-"""The accuracy cost of serving in bf16 (`--half bf16`): the same windows of WikiText-2 valid
-through a stored model in float32 and in bfloat16, compared.
+"""The accuracy cost of serving in half precision (`--half bf16|fp16`): the same windows of
+WikiText-2 valid through a stored model in float32 and in the half type, compared.
 
-    python -m bench.half_accuracy --model-dir DIR --name NAME [--windows 512] [--device cuda]
+    python -m bench.half_accuracy --model-dir DIR --name NAME [--dtype fp16] [--device cuda]
 
 Use a trained model: on random weights every distribution is flat and the numbers mean little.
 """
@@ -19,6 +19,7 @@ import torch
 from models import store
 from service.steps import Step, StepResult, run_steps
 
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 VALID = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext-2" / "valid.txt"
 
 
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--length", type=int, default=35)
     p.add_argument("--text", type=Path, default=VALID)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     args = p.parse_args(argv)
 
     loaded = store.load_version(args.model_dir, args.name)
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     windows = [ids[s : s + args.length] for s in starts]
     targets = [ids[s + args.length] for s in starts]
     full = _distributions(loaded.model, windows)
-    half = _distributions(copy.deepcopy(loaded.model).to(torch.bfloat16), windows)
+    half = _distributions(copy.deepcopy(loaded.model).to(DTYPES[args.dtype]), windows)
 
     def top(d: dict[int, float], k: int) -> list[int]:
         return sorted(d, key=d.__getitem__, reverse=True)[:k]
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{loaded.config.hidden_size}), {n} windows of {args.length} tokens: "
         f"top-1 agreement {top1:.3f}, top-5 overlap {top5 / (5 * n):.3f}, "
         f"max |dp| over the float32 top-5 {max_dp:.4f}, "
-        f"perplexity on the next word float32 {ppl(full):.1f} vs bf16 {ppl(half):.1f}"
+        f"perplexity on the next word float32 {ppl(full):.1f} vs {args.dtype} {ppl(half):.1f}"
     )
 
 

@@ -345,17 +345,18 @@ async def test_hook_sees_every_item_with_its_wait() -> None:
     assert all(n <= 4 and len(w) == n and min(w) >= 0 and s > 0 for _, n, w, s in records)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("arch", ["lstm", "gru"])
-def test_half_precision_rows_and_states(arch: str) -> None:
-    """The --half path (used on CUDA) runs on CPU too: states keep the model's dtype and the
-    probabilities come out float32, close to the float32 model's."""
+def test_half_precision_rows_and_states(arch: str, dtype: torch.dtype) -> None:
+    """The --half steps (fp16 is served on CUDA only) run on CPU too: states keep the model's
+    dtype and the probabilities come out float32, close to the float32 model's."""
     model = make_model(arch, seed=13)
     seqs = random_seqs(6, seed=14)
     want = run_steps(model, [Step(s, top_k=3) for s in seqs])
-    model.to(torch.bfloat16)
+    model.to(dtype)
     first = run_steps(model, [Step(s[:1], want_state=True) for s in seqs])
     state = first[0].state[0] if isinstance(first[0].state, tuple) else first[0].state
-    assert state.dtype == torch.bfloat16
+    assert state.dtype == dtype
     got = run_steps(
         model,
         [Step(s[1:] or [1], state=r.state, top_k=3) for s, r in zip(seqs, first, strict=True)],
@@ -489,6 +490,19 @@ async def test_http_full_queue_is_503_with_retry_after(serve, tiny_store: Path) 
         release.set()
     assert [r.status_code for r in await asyncio.gather(*waiting)] == [200, 200, 200]
     assert (await client.post("/predict", json=predict_body(5))).status_code == 200
+
+
+async def test_http_fp16_on_a_cpu_keeps_float32(serve, tiny_store: Path) -> None:
+    app, half = await serve(tiny_store, half="fp16")
+    _, full = await serve(tiny_store)
+    body = {"model": "lstm", "text": TEXTS[1], "top_k": 5}
+    got, want = [(await c.post("/predict", json=body)).json() for c in (half, full)]
+    # float32 both: equal but for the decoder's summation order (tune_decoder picks by timing)
+    assert [p["prob"] for p in got["predictions"]] == pytest.approx(
+        [p["prob"] for p in want["predictions"]], abs=1e-6
+    )
+    loaded = app.state.registry.resolve("lstm")
+    assert loaded.model.decoder.weight.dtype == torch.float32
 
 
 async def test_http_bf16_serves_close_to_float32(serve, tiny_store: Path) -> None:
