@@ -206,12 +206,12 @@ def main(argv: list[str] | None = None) -> int:
         half += ["--name", HALF_MODEL, "--device", args.device, "--text", str(data / "valid.txt")]
         half += ["--windows", "64" if args.dry_run else "512"]
         report.add("", "## Half-precision serving accuracy (the batch-64 cosine LSTM above)", "")
-        for dtype in ("bf16", "fp16"):
-            if (store / HALF_MODEL).exists():
+        if (store / HALF_MODEL).exists():
+            for dtype in ("bf16", "fp16"):
                 out = run([*half, "--dtype", dtype], args.out / "half.log")[1].strip()
                 report.add(f"- {out}")
-            else:
-                report.add("skipped: that model was not trained")
+        else:
+            report.add("skipped: that model was not trained")
     serve = [sys.executable, "-m", "bench", "--device", args.device, "--no-peer"]
     serve += ["--data", str(args.data), "--half", args.half]
     serve += ["--out", str(args.out / "serving.md"), "--json", str(args.out / "serving.json")]
