@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from models import store
-from models.lm import tune_decoder
+from models.lm import HALF_DTYPES, tune_decoder
 
 from . import c1_check, hey, peer, raw, serving_model, session_latency
 from .machine import cpu_name
@@ -88,9 +88,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="write the raw numbers here")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     return p.parse_args(argv)
-
-
-HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def half_types(spec: str, device: str) -> list[str]:

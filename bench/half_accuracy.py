@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from models import store
+from models.lm import HALF_DTYPES
 from service.steps import Step, StepResult, run_steps
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 VALID = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext-2" / "valid.txt"
 
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--length", type=int, default=35)
     p.add_argument("--text", type=Path, default=VALID)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    p.add_argument("--dtype", default="bf16", choices=sorted(HALF_DTYPES))
     args = p.parse_args(argv)
 
     loaded = store.load_version(args.model_dir, args.name)
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     windows = [ids[s : s + args.length] for s in starts]
     targets = [ids[s + args.length] for s in starts]
     full = _distributions(loaded.model, windows)
-    half = _distributions(copy.deepcopy(loaded.model).to(DTYPES[args.dtype]), windows)
+    half = _distributions(copy.deepcopy(loaded.model).to(HALF_DTYPES[args.dtype]), windows)
 
     def top(d: dict[int, float], k: int) -> list[int]:
         return sorted(d, key=d.__getitem__, reverse=True)[:k]

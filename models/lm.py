@@ -19,6 +19,10 @@ ARCHS = ("rnn", "lstm", "gru")
 Hidden = Tensor | tuple[Tensor, Tensor]
 
 
+# The half-precision types that serving and the benchmarks accept, by their flag names.
+HALF_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     arch: str

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from models import gates as gate_inspection
-from models.lm import tune_decoder
+from models.lm import HALF_DTYPES, tune_decoder
 from models.store import LoadedModel
 from models.tokenizer import Encoded
 
@@ -93,7 +93,7 @@ class InferenceEngine:
         # 81 ms on the dev VM), so a CPU keeps float32 for it.
         if half == "bf16" or (half == "fp16" and model.decoder.weight.is_cuda):
             # Weights and carried states in half precision; the softmax stays float32.
-            model.to(torch.bfloat16 if half == "bf16" else torch.float16)
+            model.to(HALF_DTYPES[half])
             if half == "bf16" and model.decoder.weight.is_cuda:
                 # torch.backends.cudnn.is_acceptable() refuses bf16, so the RNN weights are never
                 # flattened and cuDNN compacts them on every pass (H200: 1.2 vs 0.6 ms at batch 1).
