@@ -58,7 +58,9 @@ class ModelNotFoundError(StoreError, LookupError):
     """The name or version does not exist in the store."""
 
 
-@dataclass(frozen=True)
+# eq=False: hashed and compared by identity, so one loaded version is one batching key (two
+# loads of the same name@version, a version rewritten on disk, are two keys).
+@dataclass(frozen=True, eq=False)
 class LoadedModel:
     name: str
     version: int

@@ -1,42 +1,52 @@
-"""The inference layer: predict, generate, gates and session steps over loaded models, no
-HTTP in sight.
+"""The inference layer: predict, generate, gates and session feeds over loaded models, no
+HTTP in sight. Each public method takes the typed request and returns the typed response.
 
-Every torch call runs on one dedicated inference thread, never on the event loop: one thread
-because intra-op parallelism already uses the cores, and a single consumer keeps the order
-of work simple. Every forward pass of predict, generate and sessions is a `Step` through the
-dynamic batcher (`steps.StepBatcher`), so concurrent requests for one model version share a
-forward pass; with `max_batch_size=1` each runs alone, straight away.
+Every torch call runs on one dedicated inference thread, never on the event loop, and so does
+preparing a freshly loaded version (`prepare.py`): one thread because intra-op parallelism
+already uses the cores, and a single consumer keeps the order of work simple. Every forward
+pass of predict, generate and sessions is a `Step` through the dynamic batcher, keyed by the
+`LoadedModel` itself, so concurrent requests for one model version share a forward pass; with
+`max_batch_size=1` each runs alone, straight away.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
+from weakref import WeakKeyDictionary
 
 import torch
 from torch import Tensor
 
 from models import gates as gate_inspection
-from models.lm import HALF_DTYPES, tune_decoder
 from models.store import LoadedModel
 from models.tokenizer import Encoded
 
 from . import metrics
-from .batcher import QueueFull
+from .batcher import DynamicBatcher, QueueFull
 from .errors import ApiError
+from .logs import set_request_model
+from .prepare import prepare
 from .registry import ModelRegistry
-from .sessions import SessionStore
+from .schemas.common import Prediction
+from .schemas.predict import (
+    GenerateRequest,
+    GenerateResponse,
+    PredictBatchResponse,
+    PredictRequest,
+    PredictResponse,
+)
+from .schemas.sessions import FeedRequest, FeedResponse
+from .sessions import EmptyFeed, SessionNotFound, SessionStore
 from .settings import Settings
-from .steps import Step, StepBatcher, StepResult, warm_up
+from .steps import Step, StepResult, run_steps
 
 T = TypeVar("T")
-log = logging.getLogger("gatehouse.inference")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +60,21 @@ class GateQuery:
     summary_only: bool = False
 
 
+def served(loaded: LoadedModel) -> dict[str, Any]:
+    """The `Served` fields of a response: which model version answered."""
+    return {"model": loaded.name, "version": loaded.version, "arch": loaded.config.arch}
+
+
 class InferenceEngine:
     def __init__(self, settings: Settings, registry: ModelRegistry) -> None:
         self.settings = settings
         self.registry = registry
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-        self.batcher = StepBatcher(
+        self._max_threads = torch.get_num_threads()
+        # The intra-op thread count each prepared version runs its passes with.
+        self._threads: WeakKeyDictionary[LoadedModel, int] = WeakKeyDictionary()
+        self.batcher: DynamicBatcher[LoadedModel, Step, StepResult] = DynamicBatcher(
+            self._forward,
             max_batch_size=settings.max_batch_size,
             max_batch_delay_ms=settings.max_batch_delay_ms,
             max_queue=settings.max_queue,
@@ -63,13 +82,11 @@ class InferenceEngine:
             on_batch=_observe_batch,
         )
         self.sessions = SessionStore(
-            self.step,
+            self.batcher.submit,
             max_sessions=settings.max_sessions,
             ttl_s=settings.session_ttl_s,
             on_count=metrics.set_sessions_active,
         )
-        # Runs on the loading thread before a version is served: its first request must not
-        # pay for kernel selection and allocator growth.
         registry.on_load.append(self._prepare)
 
     @property
@@ -86,33 +103,26 @@ class InferenceEngine:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     def _prepare(self, loaded: LoadedModel) -> None:
-        model = loaded.model
-        half = self.settings.half
-        # bf16 also runs on CPUs (2x faster at batch 64 on avx512_bf16/AMX). fp16 runs on CPUs
-        # too, but without fp16 matrix units it is 4x slower than float32 at batch 64 (330 vs
-        # 81 ms on the dev VM), so a CPU keeps float32 for it.
-        if half == "bf16" or (half == "fp16" and model.decoder.weight.is_cuda):
-            # Weights and carried states in half precision; the softmax stays float32.
-            model.to(HALF_DTYPES[half])
-            if half == "bf16" and model.decoder.weight.is_cuda:
-                # torch.backends.cudnn.is_acceptable() refuses bf16, so the RNN weights are never
-                # flattened and cuDNN compacts them on every pass (H200: 1.2 vs 0.6 ms at batch 1).
-                log.warning(
-                    "--half bf16 on CUDA is slower than float32 for recurrent models (cuDNN "
-                    "copies bf16 weights on every pass); float32 (--half off) is faster: %s@%s",
-                    loaded.name,
-                    loaded.version,
-                )
-        elif half != "off":
-            log.warning(
-                "--half fp16 is slow on a CPU: %s@%s stays float32 (bf16 is the CPU's fast half)",
-                loaded.name,
-                loaded.version,
-            )
-        tune_decoder(model)
-        warm_up(model, sorted({1, min(self.settings.max_batch_size, 64)}))
+        """Registry hook, on the loading thread: the work itself waits its turn on the
+        inference thread, so it never overlaps a forward pass."""
+        settings = self.settings
+        self._threads[loaded] = self._executor.submit(
+            prepare, loaded, settings.half, settings.max_batch_size, self._max_threads
+        ).result()
+
+    def _forward(self, loaded: LoadedModel, steps: list[Step]) -> list[StepResult]:
+        """The batch function, on the inference thread: one forward pass of `loaded`."""
+        threads = self._threads.get(loaded, self._max_threads)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        return run_steps(loaded.model, steps)
 
     # ---- validation shared by every endpoint -------------------------------------------
+    def _resolve(self, ref: str | None) -> LoadedModel:
+        loaded = self.registry.resolve(ref)
+        set_request_model(loaded.name)  # for the access log line
+        return loaded
+
     def encode(self, loaded: LoadedModel, text: str, max_tokens: int | None = None) -> Encoded:
         limit = max_tokens or self.settings.max_tokens
         # Cheap pre-check: a text of N characters has at most N tokens, but tokenizing a
@@ -128,139 +138,103 @@ class InferenceEngine:
             )
         return enc
 
-    def check_top_k(self, top_k: int) -> None:
+    def _check_top_k(self, top_k: int) -> None:
         if top_k > self.settings.max_top_k:
             raise ApiError(422, f"top_k {top_k} over the limit of {self.settings.max_top_k}")
 
     # ---- the seam: every forward pass --------------------------------------------------
-    async def steps(self, loaded: LoadedModel, steps: Sequence[Step]) -> list[StepResult]:
+    async def _steps(self, loaded: LoadedModel, steps: Sequence[Step]) -> list[StepResult]:
         """Run rows through the batcher; a full queue is a 503 with Retry-After."""
         try:
-            return await self.batcher.steps(loaded, steps)
+            return await self.batcher.submit_many(loaded, steps)
         except QueueFull as e:
             raise ApiError(503, str(e), headers={"Retry-After": str(e.retry_after_s)}) from None
 
-    async def step(self, loaded: LoadedModel, step: Step) -> StepResult:
-        return (await self.steps(loaded, [step]))[0]
-
     # ---- endpoints -----------------------------------------------------------------
     @staticmethod
-    def _top(
-        loaded: LoadedModel, logits: Tensor, top_k: int, temperature: float
-    ) -> list[list[dict[str, Any]]]:
-        probs = torch.softmax(logits.float() / temperature, dim=-1)
-        k = min(top_k, probs.shape[-1])
-        values, indices = torch.topk(probs, k, dim=-1)
+    def _predictions(loaded: LoadedModel, ids: list[int], probs: list[float]) -> list[Prediction]:
         itos = loaded.tokenizer.vocab.itos
-        return [
-            [{"word": itos[i], "prob": p} for p, i in zip(pv, iv, strict=True)]
-            for pv, iv in zip(values.tolist(), indices.tolist(), strict=True)
-        ]
+        return [Prediction(word=itos[i], prob=p) for i, p in zip(ids, probs, strict=True)]
 
-    @staticmethod
-    def predictions(loaded: LoadedModel, result: StepResult) -> list[dict[str, Any]]:
-        itos = loaded.tokenizer.vocab.itos
-        return [{"word": itos[i], "prob": p} for i, p in zip(result.ids, result.probs, strict=True)]
-
-    async def predict(
-        self, ref: str | None, texts: list[str], top_k: int, temperature: float
-    ) -> list[dict[str, Any]]:
+    async def predict(self, req: PredictRequest) -> PredictResponse | PredictBatchResponse:
+        texts = [req.text] if req.text is not None else req.texts or []
         if len(texts) > self.settings.max_texts:
             raise ApiError(413, f"{len(texts)} texts, over the limit of {self.settings.max_texts}")
-        self.check_top_k(top_k)
-        loaded = self.registry.resolve(ref)
+        self._check_top_k(req.top_k)
+        loaded = self._resolve(req.model)
         encoded = [self.encode(loaded, t) for t in texts]
-        results = await self.steps(
-            loaded, [Step(e.ids, top_k=top_k, temperature=temperature) for e in encoded]
-        )
-        return [
-            self._result(loaded, enc, {"predictions": self.predictions(loaded, res)})
+        rows = [Step(e.ids, top_k=req.top_k, temperature=req.temperature) for e in encoded]
+        results = await self._steps(loaded, rows)
+        answers = [
+            PredictResponse(
+                **served(loaded),
+                tokens=enc.tokens,
+                unknown=enc.unknown,
+                predictions=self._predictions(loaded, res.ids, res.probs),
+            )
             for enc, res in zip(encoded, results, strict=True)
         ]
+        return answers[0] if req.text is not None else PredictBatchResponse(results=answers)
 
-    @staticmethod
-    def _result(loaded: LoadedModel, enc: Encoded, extra: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "model": loaded.name,
-            "version": loaded.version,
-            "arch": loaded.config.arch,
-            "tokens": enc.tokens,
-            "unknown": enc.unknown,
-            **extra,
-        }
-
-    async def generate(
-        self,
-        ref: str | None,
-        text: str,
-        max_words: int,
-        temperature: float | None,
-        top_k: int | None,
-        seed: int | None,
-    ) -> dict[str, Any]:
-        if max_words > self.settings.max_words:
+    async def generate(self, req: GenerateRequest) -> GenerateResponse:
+        if req.max_words > self.settings.max_words:
             raise ApiError(
-                422, f"max_words {max_words} over the limit of {self.settings.max_words}"
+                422, f"max_words {req.max_words} over the limit of {self.settings.max_words}"
             )
-        if top_k is not None:
-            self.check_top_k(top_k)
-        loaded = self.registry.resolve(ref)
-        enc = self.encode(loaded, text)
+        if req.top_k is not None:
+            self._check_top_k(req.top_k)
+        loaded = self._resolve(req.model)
+        enc = self.encode(loaded, req.text)
         vocab = loaded.tokenizer.vocab
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        generator = torch.Generator().manual_seed(req.seed) if req.seed is not None else None
         pick = partial(
-            self._choose,
+            _choose,
             unk_id=vocab.unk_id,
-            sample=bool(temperature),
-            temperature=temperature,
-            top_k=top_k,
+            sample=bool(req.temperature),
+            temperature=req.temperature,
+            top_k=req.top_k,
             generator=generator,
         )
         # Each word is one batched step from the carried state: concurrent generations (and
         # predictions) share forward passes, and the choice is made on the inference thread.
         words: list[str] = []
         step = Step(enc.ids, want_state=True, pick=pick)
-        for n in range(max_words):
-            step.want_state = n + 1 < max_words  # the last word needs no state after it
-            result = await self.step(loaded, step)
+        for n in range(req.max_words):
+            step.want_state = n + 1 < req.max_words  # the last word needs no state after it
+            (result,) = await self._steps(loaded, [step])
             assert result.picked is not None
             words.append(vocab.itos[result.picked])
             step = Step([result.picked], state=result.state, pick=pick)
-        continued = " ".join([text.rstrip(), *words]).replace(" <eos> ", "\n").strip(" ")
-        return {
-            "model": loaded.name,
-            "version": loaded.version,
-            "arch": loaded.config.arch,
-            "text": continued,
-            "words": words,
-            "unknown": enc.unknown,
-        }
+        continued = " ".join([req.text.rstrip(), *words]).replace(" <eos> ", "\n").strip(" ")
+        return GenerateResponse(**served(loaded), text=continued, words=words, unknown=enc.unknown)
 
-    @staticmethod
-    def _choose(
-        logits: Tensor,
-        unk_id: int,
-        sample: bool,
-        temperature: float | None,
-        top_k: int | None,
-        generator: torch.Generator | None,
-    ) -> int:
-        scores = logits.float().clone()
-        scores[unk_id] = -math.inf  # "<unk>" stands for any rare word: never one to write
-        if not sample:
-            return int(scores.argmax())
-        assert temperature is not None
-        scores = scores / temperature
-        if top_k is not None and top_k < scores.numel():
-            kth = torch.topk(scores, top_k).values[-1]
-            scores[scores < kth] = -math.inf
-        probs = torch.softmax(scores, dim=-1)
-        return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+    async def feed(self, session_id: str, req: FeedRequest) -> FeedResponse:
+        """Advance a session by `req.text`: one lookup, the session's own tokenizer."""
+        self._check_top_k(req.top_k)
+        try:
+            session = self.sessions.get(session_id)
+            set_request_model(session.loaded.name)
+            encoded = self.encode(session.loaded, req.text)
+            out = await self.sessions.feed(session, encoded, req.top_k, req.temperature)
+        except SessionNotFound as e:
+            raise ApiError(404, str(e)) from None
+        except EmptyFeed as e:
+            raise ApiError(422, str(e)) from None
+        except QueueFull as e:
+            raise ApiError(503, str(e), headers={"Retry-After": str(e.retry_after_s)}) from None
+        return FeedResponse(
+            **served(session.loaded),
+            session_id=session.id,
+            history_length=session.history_length,
+            tokens=encoded.tokens,
+            unknown=encoded.unknown,
+            predictions=self._predictions(session.loaded, out.word_ids, out.probs),
+        )
 
     async def gates(self, ref: str | None, text: str, query: GateQuery) -> dict[str, Any]:
-        self.check_top_k(query.top_k)
+        self._check_top_k(query.top_k)
         layers, units = query.layers, query.units
-        loaded = self.registry.resolve(ref)
+        loaded = self._resolve(ref)
         cfg = loaded.config
         bad_layers = [k for k in layers or [] if not 0 <= k < cfg.num_layers]
         if bad_layers:
@@ -312,17 +286,48 @@ class InferenceEngine:
                         v = torch.round(v, decimals=query.decimals)
                     gates[key] = v.tolist()
                 out_layers.append({"layer": k, "gates": gates})
-        top = self._top(loaded, trace.logits.unsqueeze(0), query.top_k, 1.0)[0]
-        return self._result(
-            loaded,
-            enc,
-            {"units": units, "layers": out_layers, "summary": summary, "predictions": top},
-        )
+        probs = torch.softmax(trace.logits.float(), dim=-1)
+        values, indices = torch.topk(probs, min(query.top_k, probs.shape[-1]))
+        itos = loaded.tokenizer.vocab.itos
+        top = [
+            {"word": itos[i], "prob": p}
+            for p, i in zip(values.tolist(), indices.tolist(), strict=True)
+        ]
+        return {
+            **served(loaded),
+            "tokens": enc.tokens,
+            "unknown": enc.unknown,
+            "units": units,
+            "layers": out_layers,
+            "summary": summary,
+            "predictions": top,
+        }
+
+
+def _choose(
+    logits: Tensor,
+    unk_id: int,
+    sample: bool,
+    temperature: float | None,
+    top_k: int | None,
+    generator: torch.Generator | None,
+) -> int:
+    """Generation's next word from one row's float32 logits, on the inference thread."""
+    scores = logits.float().clone()
+    scores[unk_id] = -math.inf  # "<unk>" stands for any rare word: never one to write
+    if not sample:
+        return int(scores.argmax())
+    assert temperature is not None
+    scores = scores / temperature
+    if top_k is not None and top_k < scores.numel():
+        kth = torch.topk(scores, top_k).values[-1]
+        scores[scores < kth] = -math.inf
+    probs = torch.softmax(scores, dim=-1)
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
 
 def _observe_batch(
-    key: Any, items: list[tuple[LoadedModel, Step]], waits: list[float], compute_s: float
+    loaded: LoadedModel, steps: list[Step], waits: list[float], compute_s: float
 ) -> None:
-    loaded = items[0][0]
-    tokens = [len(step.ids) for _, step in items]
+    tokens = [len(step.ids) for step in steps]
     metrics.observe_batch(loaded.name, loaded.config.arch, loaded.version, waits, compute_s, tokens)

@@ -133,17 +133,17 @@ class SessionStore:
         self._close(session)
 
     async def feed(
-        self, session_id: str, encoded: Encoded, top_k: int = 5, temperature: float = 1.0
+        self, session: Session, encoded: Encoded, top_k: int = 5, temperature: float = 1.0
     ) -> FeedResult:
-        """Advance the session by `encoded` (text already encoded with the session's own
-        tokenizer, limits checked); the predictions are for the word after everything fed so
-        far. A feed that fails (or is cancelled) leaves the session as it was."""
-        session = self.get(session_id)
+        """Advance `session` (from `get`) by `encoded` (text already encoded with the
+        session's own tokenizer, limits checked); the predictions are for the word after
+        everything fed so far. A feed that fails (or is cancelled) leaves the session as it
+        was."""
         if not encoded.ids:
             raise EmptyFeed("text has no tokens to feed")
         async with session.lock:
             if session.closed:
-                raise SessionNotFound(session_id)
+                raise SessionNotFound(session.id)
             result = await self._step(
                 session.loaded,
                 Step(

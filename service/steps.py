@@ -11,16 +11,12 @@ k numbers per row cross to the host.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from models.lm import RNNLM, Hidden
-from models.store import LoadedModel
-
-from .batcher import BatchHook, DynamicBatcher
+from models.lm import RNNLM, Hidden, ModelConfig
 
 # One row's recurrent state: [L, H] (a pair of them for the LSTM), on the model's device.
 RowState = Tensor | tuple[Tensor, Tensor]
@@ -129,50 +125,23 @@ def warm_up(model: RNNLM, batch_sizes: Sequence[int] = (1, 8), length: int = 9) 
             run_steps(model, ragged)
 
 
-# Batch key: one loaded model object. Its id() tells apart two loads of the same name@version
-# (a version rewritten on disk); items hold the object, so the id cannot be reused meanwhile.
-StepKey = tuple[str, int, int]
-StepItem = tuple[LoadedModel, Step]
+# Below this much work per pass, intra-op threads cost more than they give. The tiny default
+# LSTM at batch 64 does ~0.12 GFLOP (3 ms on one core of the shared 2-core VM, over 300 ms
+# with two threads when the machine is busy: every kernel waits at the thread pool's barrier
+# for a thread the scheduler has parked); the WikiText-2-size LSTM does ~10 GFLOP, matrices
+# large enough for every thread to get a real share.
+_THREADED_FLOPS = 1e9
+_GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
 
-def _run_items(_key: StepKey, items: list[StepItem]) -> list[StepResult]:
-    return run_steps(items[0][0].model, [step for _, step in items])
+def pass_flops(cfg: ModelConfig, rows: int, length: int = 9) -> float:
+    """Multiply-adds x 2 of one forward pass over `rows` rows of `length` tokens."""
+    width = _GATES[cfg.arch] * cfg.hidden_size
+    inputs = cfg.embedding_size + cfg.hidden_size * (cfg.num_layers - 1)
+    recurrent = (inputs + cfg.num_layers * cfg.hidden_size) * width
+    return 2.0 * rows * (length * recurrent + cfg.hidden_size * cfg.vocab_size)
 
 
-class StepBatcher:
-    """The dynamic batcher specialised to model steps: what predict, generate and sessions
-    call. `on_batch` receives (key, [(loaded, step)], queue waits, compute seconds)."""
-
-    def __init__(
-        self,
-        *,
-        max_batch_size: int,
-        max_batch_delay_ms: float,
-        max_queue: int,
-        executor: Executor | None = None,
-        on_batch: BatchHook | None = None,
-    ) -> None:
-        self.batcher: DynamicBatcher[StepKey, StepItem, StepResult] = DynamicBatcher(
-            _run_items,
-            max_batch_size=max_batch_size,
-            max_batch_delay_ms=max_batch_delay_ms,
-            max_queue=max_queue,
-            executor=executor,
-            on_batch=on_batch,
-        )
-
-    @staticmethod
-    def key(loaded: LoadedModel) -> StepKey:
-        return (loaded.name, loaded.version, id(loaded.model))
-
-    async def step(self, loaded: LoadedModel, step: Step) -> StepResult:
-        return await self.batcher.submit(self.key(loaded), (loaded, step))
-
-    async def steps(self, loaded: LoadedModel, steps: Sequence[Step]) -> list[StepResult]:
-        return await self.batcher.submit_many(self.key(loaded), [(loaded, s) for s in steps])
-
-    async def close(self) -> None:
-        await self.batcher.close()
-
-    def shutdown(self) -> None:
-        self.batcher.shutdown()
+def intra_op_threads(cfg: ModelConfig, rows: int, most: int) -> int:
+    """The torch thread count for this model's passes: 1 for small models, else `most`."""
+    return most if pass_flops(cfg, rows) >= _THREADED_FLOPS else 1

@@ -12,7 +12,6 @@ from pydantic import ValidationError
 from ..deps import EngineDep, ReaderDep
 from ..errors import ApiError
 from ..inference import GateQuery
-from ..logs import set_request_model
 from ..schemas.common import MODEL_REF_PATTERN
 from ..schemas.gates import GatesRequest, GatesResponse
 from .predict import ERRORS
@@ -40,9 +39,7 @@ def parse_indices(raw: str | None, what: str, limit: int = 65536) -> list[int] |
 
 async def _gates(engine: EngineDep, body: GatesRequest) -> dict[str, Any]:
     query = GateQuery(body.top_k, body.layers, body.units, body.round, body.summary_only)
-    result = await engine.gates(body.model, body.text, query)
-    set_request_model(result["model"])
-    return result
+    return await engine.gates(body.model, body.text, query)
 
 
 @router.post(

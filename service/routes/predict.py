@@ -7,7 +7,6 @@ from typing import Any
 from fastapi import APIRouter
 
 from ..deps import EngineDep, ReaderDep
-from ..logs import set_request_model
 from ..schemas.common import ErrorBody
 from ..schemas.predict import (
     GenerateRequest,
@@ -35,11 +34,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     summary="Next-word distribution for a text, or for a batch of texts",
     responses=ERRORS,
 )
-async def predict(body: PredictRequest, engine: EngineDep, _: ReaderDep) -> dict[str, Any]:
-    texts = [body.text] if body.text is not None else list(body.texts or [])
-    results = await engine.predict(body.model, texts, body.top_k, body.temperature)
-    set_request_model(results[0]["model"])
-    return results[0] if body.text is not None else {"results": results}
+async def predict(
+    body: PredictRequest, engine: EngineDep, _: ReaderDep
+) -> PredictResponse | PredictBatchResponse:
+    return await engine.predict(body)
 
 
 @router.post(
@@ -48,9 +46,5 @@ async def predict(body: PredictRequest, engine: EngineDep, _: ReaderDep) -> dict
     summary="Continue a text word by word (greedy, or sampled with temperature/top_k/seed)",
     responses=ERRORS,
 )
-async def generate(body: GenerateRequest, engine: EngineDep, _: ReaderDep) -> dict[str, Any]:
-    result = await engine.generate(
-        body.model, body.text, body.max_words, body.temperature, body.top_k, body.seed
-    )
-    set_request_model(result["model"])
-    return result
+async def generate(body: GenerateRequest, engine: EngineDep, _: ReaderDep) -> GenerateResponse:
+    return await engine.generate(body)

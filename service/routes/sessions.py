@@ -9,9 +9,10 @@ from fastapi import APIRouter, Response
 
 from ..deps import EngineDep, ReaderDep, RegistryDep, SessionsDep
 from ..errors import ApiError
+from ..inference import served
 from ..schemas.common import ErrorBody
 from ..schemas.sessions import FeedRequest, FeedResponse, SessionCreate, SessionInfo
-from ..sessions import EmptyFeed, Session, SessionNotFound, SessionStore
+from ..sessions import Session, SessionNotFound, SessionStore
 from .predict import ERRORS
 
 router = APIRouter(tags=["sessions"])
@@ -23,10 +24,8 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 
 def _info(sessions: SessionStore, s: Session) -> dict[str, Any]:
     return {
+        **served(s.loaded),
         "session_id": s.id,
-        "model": s.loaded.name,
-        "version": s.loaded.version,
-        "arch": s.loaded.config.arch,
         "history_length": s.history_length,
         "feeds": s.feeds,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(s.created_at)),
@@ -63,28 +62,9 @@ async def create_session(
     responses={**ERRORS, **NOT_FOUND},
 )
 async def feed_session(
-    session_id: str, body: FeedRequest, sessions: SessionsDep, engine: EngineDep, _: ReaderDep
-) -> dict[str, Any]:
-    engine.check_top_k(body.top_k)
-    session = _get(sessions, session_id)
-    encoded = engine.encode(session.loaded, body.text)  # the session's own tokenizer
-    try:
-        out = await sessions.feed(session_id, encoded, body.top_k, body.temperature)
-    except SessionNotFound as e:
-        raise ApiError(404, str(e)) from None
-    except EmptyFeed as e:
-        raise ApiError(422, str(e)) from None
-    loaded = out.session.loaded
-    return {
-        "session_id": session_id,
-        "model": loaded.name,
-        "version": loaded.version,
-        "arch": loaded.config.arch,
-        "history_length": out.session.history_length,
-        "tokens": out.tokens,
-        "unknown": out.unknown,
-        "predictions": [{"word": w, "prob": p} for w, p in zip(out.words, out.probs, strict=True)],
-    }
+    session_id: str, body: FeedRequest, engine: EngineDep, _: ReaderDep
+) -> FeedResponse:
+    return await engine.feed(session_id, body)
 
 
 @router.get(

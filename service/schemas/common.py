@@ -29,6 +29,14 @@ class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+class Served(BaseModel):
+    """Which model version answered: the first fields of every inference response."""
+
+    model: str
+    version: int
+    arch: str
+
+
 class Prediction(BaseModel):
     word: str
     prob: float

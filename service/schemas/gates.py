@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from .common import ModelRef, Prediction, Request, Text
+from .common import ModelRef, Prediction, Request, Served, Text
 
 
 class GatesRequest(Request):
@@ -33,10 +33,7 @@ class GateLayer(BaseModel):
     gates: dict[str, list[list[float]]]
 
 
-class GatesResponse(BaseModel):
-    model: str
-    version: int
-    arch: str
+class GatesResponse(Served):
     tokens: list[str]
     unknown: list[str]
     units: list[int] | None = Field(description="The unit indices of each row (null: all).")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field, model_validator
 
-from .common import ModelRef, Prediction, Request, Text
+from .common import ModelRef, Prediction, Request, Served, Text
 
 
 class PredictRequest(Request):
@@ -35,10 +35,7 @@ class PredictRequest(Request):
     }
 
 
-class PredictResponse(BaseModel):
-    model: str
-    version: int
-    arch: str
+class PredictResponse(Served):
     tokens: list[str]
     unknown: list[str] = Field(description="Input words not in the vocabulary (read as <unk>).")
     predictions: list[Prediction]
@@ -74,10 +71,7 @@ class GenerateRequest(Request):
         return self
 
 
-class GenerateResponse(BaseModel):
-    model: str
-    version: int
-    arch: str
+class GenerateResponse(Served):
     text: str = Field(description="The input text continued by the generated words.")
     words: list[str]
     unknown: list[str]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from .common import ModelRef, Prediction, Request
+from .common import ModelRef, Prediction, Request, Served
 
 
 class SessionCreate(Request):
@@ -13,11 +13,9 @@ class SessionCreate(Request):
     model_config = {"json_schema_extra": {"examples": [{"model": "lstm"}, {"model": "gru@1"}]}}
 
 
-class SessionInfo(BaseModel):
+class SessionInfo(Served):
     session_id: str = Field(description="Unguessable id: whoever holds it can use the session.")
-    model: str
     version: int = Field(description="The version the session is pinned to for its lifetime.")
-    arch: str
     history_length: int = Field(description="Tokens fed so far.")
     feeds: int = Field(description="Successful feeds so far.")
     created_at: str = Field(description="UTC, ISO 8601.")
@@ -37,11 +35,8 @@ class FeedRequest(Request):
     }
 
 
-class FeedResponse(BaseModel):
+class FeedResponse(Served):
     session_id: str
-    model: str
-    version: int
-    arch: str
     history_length: int = Field(description="Tokens fed so far, this feed included.")
     tokens: list[str] = Field(description="The tokens of this feed.")
     unknown: list[str] = Field(description="Words of this feed read as <unk>.")

@@ -475,10 +475,10 @@ async def test_http_full_queue_is_503_with_retry_after(serve, tiny_store: Path) 
             asyncio.ensure_future(client.post("/predict", json=predict_body(i))) for i in range(3)
         ]
         for _ in range(500):
-            if engine.batcher.batcher.queued == 3:
+            if engine.batcher.queued == 3:
                 break
             await asyncio.sleep(0.01)
-        assert engine.batcher.batcher.queued == 3
+        assert engine.batcher.queued == 3
         r = await client.post("/predict", json=predict_body(5))
         assert r.status_code == 503
         assert int(r.headers["retry-after"]) >= 1 and "busy" in r.json()["message"]

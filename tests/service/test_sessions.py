@@ -12,8 +12,9 @@ import torch
 from models import store
 from models.lm import RNNLM, ModelConfig
 from models.store import LoadedModel
+from service.batcher import DynamicBatcher
 from service.sessions import EmptyFeed, SessionNotFound, SessionStore
-from service.steps import Step, StepBatcher, StepResult, run_steps
+from service.steps import Step, StepResult, run_steps
 from tests.helpers import tiny_tokenizer
 from tests.service.conftest import make_settings
 
@@ -46,13 +47,14 @@ def reference(loaded: LoadedModel, text: str, top_k: int = 5) -> StepResult:
 
 
 @pytest.fixture
-async def stepper() -> AsyncIterator[tuple[StepBatcher, list[list[Step]]]]:
+async def stepper() -> AsyncIterator[tuple[DynamicBatcher, list[list[Step]]]]:
     batches: list[list[Step]] = []
-    sb = StepBatcher(
+    sb: DynamicBatcher[LoadedModel, Step, StepResult] = DynamicBatcher(
+        lambda loaded, steps: run_steps(loaded.model, steps),
         max_batch_size=16,
         max_batch_delay_ms=5,
         max_queue=100,
-        on_batch=lambda _k, items, _w, _s: batches.append([step for _, step in items]),
+        on_batch=lambda _k, steps, _w, _s: batches.append(steps),
     )
     yield sb, batches
     await sb.close()
@@ -62,11 +64,11 @@ async def stepper() -> AsyncIterator[tuple[StepBatcher, list[list[Step]]]]:
 async def test_feed_equals_predict_on_the_concatenation(tmp_path: Path, arch: str, stepper) -> None:
     sb, batches = stepper
     loaded = save_model(tmp_path, arch, arch, seed=1)
-    sessions = SessionStore(sb.step)
+    sessions = SessionStore(sb.submit)
     sid = sessions.create(loaded).id
     fed: list[str] = []
     for piece in PIECES:
-        out = await sessions.feed(sid, loaded.tokenizer.encode(piece), top_k=6)
+        out = await sessions.feed(sessions.get(sid), loaded.tokenizer.encode(piece), top_k=6)
         fed.append(piece)
         want = reference(loaded, " ".join(fed), top_k=6)
         assert out.word_ids == want.ids
@@ -81,9 +83,11 @@ async def test_feed_equals_predict_on_the_concatenation(tmp_path: Path, arch: st
 async def test_temperature_applies_to_feeds(tmp_path: Path, stepper) -> None:
     sb, _ = stepper
     loaded = save_model(tmp_path, "m", "lstm", seed=2)
-    sessions = SessionStore(sb.step)
+    sessions = SessionStore(sb.submit)
     sid = sessions.create(loaded).id
-    out = await sessions.feed(sid, loaded.tokenizer.encode("the clouds"), top_k=3, temperature=2)
+    out = await sessions.feed(
+        sessions.get(sid), loaded.tokenizer.encode("the clouds"), top_k=3, temperature=2
+    )
     ids = loaded.tokenizer.encode("the clouds").ids
     want = run_steps(loaded.model, [Step(ids, top_k=3, temperature=2)])[0]
     assert out.probs == pytest.approx(want.probs, abs=1e-5)
@@ -95,12 +99,14 @@ async def test_idle_sessions_expire(tmp_path: Path, stepper) -> None:
     clock = Clock()
     counts: list[tuple[str, int]] = []
     sessions = SessionStore(
-        sb.step, ttl_s=10, clock=clock, on_count=lambda m, n: counts.append((m, n))
+        sb.submit, ttl_s=10, clock=clock, on_count=lambda m, n: counts.append((m, n))
     )
     a = sessions.create(loaded).id
     b = sessions.create(loaded).id
     clock.now += 9.5
-    await sessions.feed(a, loaded.tokenizer.encode("the"))  # use restarts a's idle clock
+    await sessions.feed(
+        sessions.get(a), loaded.tokenizer.encode("the")
+    )  # use restarts a's idle clock
     clock.now += 9.5
     assert sessions.get(a).history_length == 1  # 9.5 s idle: still alive
     with pytest.raises(SessionNotFound):
@@ -109,7 +115,7 @@ async def test_idle_sessions_expire(tmp_path: Path, stepper) -> None:
     assert sessions.sweep() == 1  # a expires without being touched
     assert len(sessions) == 0 and sessions.expired == 2
     with pytest.raises(SessionNotFound):
-        await sessions.feed(a, loaded.tokenizer.encode("the"))
+        await sessions.feed(sessions.get(a), loaded.tokenizer.encode("the"))
     assert counts[-1] == ("m", 0) and max(n for _, n in counts) == 2
 
 
@@ -117,9 +123,9 @@ async def test_background_sweep_frees_expired_sessions(tmp_path: Path, stepper) 
     sb, _ = stepper
     loaded = save_model(tmp_path, "m", "rnn", seed=4)
     clock = Clock()
-    sessions = SessionStore(sb.step, ttl_s=5, clock=clock, sweep_interval_s=0.01)
+    sessions = SessionStore(sb.submit, ttl_s=5, clock=clock, sweep_interval_s=0.01)
     session = sessions.create(loaded)  # starts the background sweep
-    await sessions.feed(session.id, loaded.tokenizer.encode("the sky"))
+    await sessions.feed(sessions.get(session.id), loaded.tokenizer.encode("the sky"))
     try:
         clock.now += 6
         for _ in range(200):
@@ -136,12 +142,14 @@ async def test_full_store_evicts_the_least_recently_used(tmp_path: Path, stepper
     sb, _ = stepper
     loaded = save_model(tmp_path, "m", "lstm", seed=5)
     clock = Clock()
-    sessions = SessionStore(sb.step, max_sessions=3, clock=clock)
+    sessions = SessionStore(sb.submit, max_sessions=3, clock=clock)
     ids = []
     for _ in range(3):
         ids.append(sessions.create(loaded).id)
         clock.now += 1
-    await sessions.feed(ids[0], loaded.tokenizer.encode("the"))  # oldest, but used just now
+    await sessions.feed(
+        sessions.get(ids[0]), loaded.tokenizer.encode("the")
+    )  # oldest, but used just now
     sessions.get(ids[1])
     newest = sessions.create(loaded).id  # full: ids[2] is now the least recently used
     assert len(sessions) == 3 and sessions.evicted == 1
@@ -154,17 +162,17 @@ async def test_full_store_evicts_the_least_recently_used(tmp_path: Path, stepper
 async def test_a_session_keeps_its_version_after_a_new_one(tmp_path: Path, stepper) -> None:
     sb, _ = stepper
     v1 = save_model(tmp_path, "m", "lstm", seed=6)
-    sessions = SessionStore(sb.step)
+    sessions = SessionStore(sb.submit)
     old = sessions.create(v1)
-    await sessions.feed(old.id, v1.tokenizer.encode(PIECES[0]))
+    await sessions.feed(sessions.get(old.id), v1.tokenizer.encode(PIECES[0]))
     v2 = save_model(tmp_path, "m", "lstm", seed=7)  # a new version lands and is loaded
     assert (v2.name, v2.version) == ("m", 2)
     new = sessions.create(v2)
     text = PIECES[0] + " " + PIECES[1]
     # Both feeds in flight together: batched by model version, never mixed up.
     got_old, got_new = await asyncio.gather(
-        sessions.feed(old.id, v1.tokenizer.encode(PIECES[1])),
-        sessions.feed(new.id, v2.tokenizer.encode(text)),
+        sessions.feed(sessions.get(old.id), v1.tokenizer.encode(PIECES[1])),
+        sessions.feed(sessions.get(new.id), v2.tokenizer.encode(text)),
     )
     assert got_old.session.loaded.version == 1 and got_new.session.loaded.version == 2
     want_v1, want_v2 = reference(v1, text), reference(v2, text)
@@ -178,14 +186,14 @@ async def test_a_session_keeps_its_version_after_a_new_one(tmp_path: Path, stepp
 async def test_concurrent_feeds_to_one_session_serialise(tmp_path: Path, stepper) -> None:
     sb, _ = stepper
     loaded = save_model(tmp_path, "m", "gru", seed=8)
-    sessions = SessionStore(sb.step)
+    sessions = SessionStore(sb.submit)
     sid = sessions.create(loaded).id
     enc = [loaded.tokenizer.encode(p) for p in PIECES]
-    await asyncio.gather(*(sessions.feed(sid, e) for e in enc))
+    await asyncio.gather(*(sessions.feed(sessions.get(sid), e) for e in enc))
     # Lock order is arrival order: the state is exactly that of the pieces in sequence.
     session = sessions.get(sid)
     assert session.history_length == sum(len(e.ids) for e in enc)
-    last = await sessions.feed(sid, loaded.tokenizer.encode("."))
+    last = await sessions.feed(sessions.get(sid), loaded.tokenizer.encode("."))
     want = reference(loaded, " ".join([*PIECES, "."]))
     assert last.word_ids == want.ids
     assert last.probs == pytest.approx(want.probs, abs=1e-4)
@@ -194,12 +202,14 @@ async def test_concurrent_feeds_to_one_session_serialise(tmp_path: Path, stepper
 async def test_steps_of_different_sessions_share_a_batch(tmp_path: Path, stepper) -> None:
     sb, batches = stepper
     loaded = save_model(tmp_path, "m", "lstm", seed=9)
-    sessions = SessionStore(sb.step)
+    sessions = SessionStore(sb.submit)
     sids = [sessions.create(loaded).id for _ in range(8)]
     for rounds in range(3):
         outs = await asyncio.gather(
             *(
-                sessions.feed(sid, loaded.tokenizer.encode(PIECES[(i + rounds) % len(PIECES)]))
+                sessions.feed(
+                    sessions.get(sid), loaded.tokenizer.encode(PIECES[(i + rounds) % len(PIECES)])
+                )
                 for i, sid in enumerate(sids)
             )
         )
@@ -213,10 +223,10 @@ async def test_steps_of_different_sessions_share_a_batch(tmp_path: Path, stepper
 async def test_delete_and_empty_feed(tmp_path: Path, stepper) -> None:
     sb, _ = stepper
     loaded = save_model(tmp_path, "m", "rnn", seed=10)
-    sessions = SessionStore(sb.step)
+    sessions = SessionStore(sb.submit)
     sid = sessions.create(loaded).id
     with pytest.raises(EmptyFeed):
-        await sessions.feed(sid, loaded.tokenizer.encode("   "))
+        await sessions.feed(sessions.get(sid), loaded.tokenizer.encode("   "))
     assert sessions.get(sid).history_length == 0
     sessions.delete(sid)
     with pytest.raises(SessionNotFound):
