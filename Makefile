@@ -18,13 +18,18 @@ install: $(STAMP)
 serve: install
 	$(BIN)/python -m service $(ARGS)
 
-# promtool/prometheus (metrics tests) and hey (benchmarks) come from Debian when missing.
+# promtool/prometheus (metrics tests), hey (benchmarks) and chromium (browser tests) come from
+# Debian when missing: one apt-get run for whichever are.
 system-deps:
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v hey >/dev/null || \
-	  { command -v apt-get >/dev/null || { echo "need promtool, prometheus and hey: install them" >&2; exit 1; }; \
+	@missing=""; \
+	  { command -v promtool >/dev/null && command -v prometheus >/dev/null; } || missing="$$missing prometheus"; \
+	  command -v hey >/dev/null || missing="$$missing hey"; \
+	  command -v chromium >/dev/null || missing="$$missing chromium"; \
+	  [ -z "$$missing" ] || \
+	  { command -v apt-get >/dev/null || { echo "need$$missing: install them" >&2; exit 1; }; \
 	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
-	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus hey; }
+	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; }
 
 test: install system-deps
 	$(BIN)/ruff check .

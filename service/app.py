@@ -23,6 +23,7 @@ from .metrics.gc_pauses import freeze_heap
 from .registry import ModelRegistry, resolve_device
 from .routes import gates, health, jobs, models, predict, sessions
 from .settings import Settings
+from .ui import install as install_ui
 
 log = logging.getLogger("gatehouse")
 
@@ -117,6 +118,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         default_response_class=JSONResponse,
+        # FastAPI's own /docs and /redoc load their scripts from a CDN: service.ui serves
+        # them from a declared package instead, so they work offline.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     errors.install(app)
@@ -130,4 +135,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     metrics.install(app)
     logs.install(app)
+    install_ui(app, settings)  # last: its CORS layer must wrap every response, errors too
     return app

@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     torch_threads: int = Field(0, ge=0, le=256)  # 0: one per core, decided at start-up
     reload_interval_s: float = Field(2.0, gt=0, le=3600)
     half: Literal["off", "bf16", "fp16"] = "off"  # bf16: CPU or CUDA; fp16: CUDA only
+    # Comma-separated origins whose pages may call the API (CORS); empty: same origin only.
+    cors_origins: str = ""
 
     # Limits, enforced before any work.
     max_body_bytes: int = Field(1_000_000, ge=1024)
@@ -63,6 +65,10 @@ class Settings(BaseSettings):
     def jobs_db(self) -> Path:
         return self.model_dir / "jobs.sqlite3"
 
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
+
 
 _FLAGS: dict[str, dict[str, Any]] = {
     "host": {},
@@ -77,6 +83,7 @@ _FLAGS: dict[str, dict[str, Any]] = {
     "default_model": {},
     "torch_threads": {"type": int},
     "half": {"choices": ["off", "bf16", "fp16"]},
+    "cors_origins": {"help": "comma-separated origins allowed to call the API, e.g. http://a:3000"},
     "max_body_bytes": {"type": int},
     "max_tokens": {"type": int},
     "max_texts": {"type": int},

@@ -51,6 +51,7 @@ def _versions(registry: ModelRegistry, name: str, served: int) -> list[dict[str,
             meta = read_meta(registry.model_dir, name, version)
             entry["created_at"] = meta.get("created_at")
             entry["metrics"] = meta.get("metrics") or {}
+            entry["history"] = meta.get("history") or []
         except StoreError as e:
             entry["error"] = str(e)
         if registry.failure(name, version):

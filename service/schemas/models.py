@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class ModelInfo(BaseModel):
@@ -33,6 +33,9 @@ class VersionInfo(BaseModel):
     loaded: bool
     created_at: str | None = None
     metrics: dict[str, Any] = {}
+    history: list[dict[str, Any]] = Field(
+        [], description="Per-epoch training record from meta.json: epoch, train_loss, val_ppl..."
+    )
     error: str | None = None
 
 
