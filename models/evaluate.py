@@ -14,13 +14,15 @@ import math
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from models.builtin import AgreementExample, LongRangeExample
+from models.corpus import Corpus
+from models.device import resolve_device
 from models.lm import RNNLM
 from models.tokenizer import Tokenizer
 
@@ -144,6 +146,32 @@ def agreement_accuracy(
     }
 
 
+class EvalSettings(Protocol):
+    """What `final_metrics` reads of a training config."""
+
+    eval_batch_size: int
+    bptt: int
+
+
+def final_metrics(
+    model: RNNLM, corpus: Corpus, cfg: EvalSettings, val_ppl: float | None = None
+) -> dict[str, Any]:
+    """Validation/test perplexity and, for the built-in corpus, the long-range accuracies.
+
+    `val_ppl`, when the caller already measured it on this very model, saves a pass.
+    """
+    out: dict[str, Any] = {}
+    if val_ppl is None or not math.isfinite(val_ppl):
+        val_ppl = perplexity(model, corpus.valid, cfg.eval_batch_size, cfg.bptt)
+    out["val_ppl"] = val_ppl
+    if corpus.test is not None:
+        out["test_ppl"] = perplexity(model, corpus.test, cfg.eval_batch_size, cfg.bptt)
+    if corpus.builtin is not None:
+        out.update(long_range_accuracy(model, corpus.tokenizer, corpus.builtin.long_range))
+        out.update(agreement_accuracy(model, corpus.tokenizer, corpus.builtin.agreement))
+    return out
+
+
 def _main(argv: list[str] | None = None) -> int:
     from models import store
     from models.corpus import CorpusError, encode_path
@@ -155,14 +183,13 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=10)
     args = p.parse_args(argv)
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
-    device = "cpu" if device == "auto" else device
     try:
+        device = str(resolve_device(args.device))
         name, version = store.parse_ref(args.name)
         loaded = store.load_version(args.model_dir, name, version, device=device)
         ids = encode_path(args.data, loaded.tokenizer)
         total, count = nll_sum(loaded.model, ids, batch_size=args.batch_size)
-    except (ValueError, CorpusError, store.StoreError) as e:
+    except (ValueError, RuntimeError, CorpusError, store.StoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     summary = {

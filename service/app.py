@@ -13,6 +13,8 @@ from contextlib import asynccontextmanager
 import torch
 from fastapi import FastAPI
 
+from models.device import resolve_device
+
 from . import errors, logs, metrics
 from .bootstrap import bootstrap_defaults
 from .errors import JSONResponse
@@ -20,7 +22,7 @@ from .inference import InferenceEngine
 from .jobs.manager import JobManager
 from .limits import BodyLimitMiddleware
 from .metrics.gc_pauses import freeze_heap
-from .registry import ModelRegistry, resolve_device
+from .registry import ModelRegistry
 from .routes import gates, health, jobs, models, predict, sessions
 from .settings import Settings
 from .ui import install as install_ui
@@ -81,7 +83,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     torch.set_num_threads(_torch_threads(settings))
     registry = ModelRegistry(
-        settings.model_dir, resolve_device(settings.device), settings.default_model
+        settings.model_dir, str(resolve_device(settings.device)), settings.default_model
     )
     engine = InferenceEngine(settings, registry)
     job_manager = JobManager(settings, registry)

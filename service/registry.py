@@ -13,8 +13,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from models import store
 from models.store import LoadedModel, StoreError
 
@@ -32,14 +30,6 @@ _EXTRA_VERSIONS = 4
 class _Failure:
     stamp: float  # mtime of the version dir when it failed: a rewrite earns another try
     reason: str
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
-    return device
 
 
 class ModelRegistry:

@@ -134,7 +134,7 @@ def saved_version(model_dir: Path, name: str, job_id: str) -> tuple[int, dict[st
 def checkpoint_step(checkpoint_dir: Path) -> int | None:
     """The step a checkpoint left by an earlier attempt holds; None when there is none."""
     from models.checkpoint import CheckpointError
-    from models.train_state import saved_step
+    from models.train.state import saved_step
 
     try:
         return saved_step(checkpoint_dir)

@@ -1,31 +1,13 @@
-"""Training: truncated BPTT over batch-first streams, with progress, cancel and checkpoints.
-
-The training stream is cut into `batch_size` contiguous rows ([B, N]); each step takes the next
-`bptt` columns and carries the hidden state over from the previous step (detached), so the
-model sees long contexts while gradients flow through at most `bptt` steps. The hidden state
-starts from zero at every epoch.
-
-Stopping protocol, polled before every step (and between validation chunks):
-`should_stop()` returns something falsy to go on, `"checkpoint"` to write a checkpoint (when a
-`checkpoint_dir` was given) and stop, anything else truthy to cancel. Either way train() raises
-`TrainingCancelled`; its `checkpointed` attribute says whether a checkpoint was written. A later
-train() with the same config, corpus and `checkpoint_dir` resumes from the checkpoint and ends
-with the same weights as a run that was never interrupted (on CPU; same thread count).
-
-The CLI (`python -m models.train`) lives in models/train_cli.py.
-"""
+"""What a training run is asked (`TrainConfig`) and what it gives back (`TrainResult`, the
+meta.json record), and how it can fail."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-import torch
-
 from models.corpus import Corpus
-from models.evaluate import agreement_accuracy, long_range_accuracy, nll_sum
 from models.lm import ARCHS, RNNLM, ModelConfig
 from models.tokenizer import Tokenizer
 
@@ -171,55 +153,6 @@ RUNTIME_FIELDS = {
 }
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError("device 'cuda' was requested but no CUDA device is available")
-    return torch.device(device)
-
-
-def train(
-    cfg: TrainConfig,
-    corpus: Corpus,
-    callback: Callable[[dict[str, Any]], None] | None = None,
-    should_stop: Callable[[], Any] | None = None,
-    checkpoint_dir: str | None = None,
-) -> TrainResult:
-    """Train a model on `corpus` (built with `cfg.corpus_options()`). See the module doc."""
-    # Imported here: trainer.py builds on the types above, so a top-level import would cycle.
-    from models.trainer import Trainer
-
-    threads_before = torch.get_num_threads()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    try:
-        return Trainer(cfg, corpus, callback, should_stop, checkpoint_dir).run()
-    finally:
-        torch.set_num_threads(threads_before)
-
-
-def final_metrics(
-    model: RNNLM, corpus: Corpus, cfg: TrainConfig, val_ppl: float | None = None
-) -> dict[str, Any]:
-    """Validation/test perplexity and, for the built-in corpus, the long-range accuracies.
-
-    `val_ppl`, when the caller already measured it on this very model, saves a pass.
-    """
-    out: dict[str, Any] = {}
-    if val_ppl is None or not math.isfinite(val_ppl):
-        total, count = nll_sum(model, corpus.valid, cfg.eval_batch_size, cfg.bptt)
-        val_ppl = math.exp(min(total / count, 700.0))
-    out["val_ppl"] = val_ppl
-    if corpus.test is not None:
-        total, count = nll_sum(model, corpus.test, cfg.eval_batch_size, cfg.bptt)
-        out["test_ppl"] = math.exp(min(total / count, 700.0))
-    if corpus.builtin is not None:
-        out.update(long_range_accuracy(model, corpus.tokenizer, corpus.builtin.long_range))
-        out.update(agreement_accuracy(model, corpus.tokenizer, corpus.builtin.agreement))
-    return out
-
-
 def build_meta(result: TrainResult, corpus: Corpus) -> dict[str, Any]:
     """The meta.json content for store.save_version: hyperparameters, corpus and metrics."""
     hp = {k: v for k, v in result.config.to_dict().items() if k not in RUNTIME_FIELDS}
@@ -234,11 +167,3 @@ def build_meta(result: TrainResult, corpus: Corpus) -> dict[str, Any]:
         "training_seconds": result.metrics.get("train_seconds"),
         "tokens_per_s": result.metrics.get("tokens_per_s"),
     }
-
-
-if __name__ == "__main__":
-    import sys
-
-    from models.train_cli import main
-
-    sys.exit(main())
