@@ -22,6 +22,8 @@ from models.corpus import Corpus, CorpusError, corpus_from_builtin, corpus_from_
 from models.defaults import default_configs
 from models.lm import ARCHS
 from models.train import TrainConfig, TrainingError, TrainResult, train
+from models.train.cli import add_knob_flags
+from models.train.config import knobs
 
 BUILTIN_STEPS = 1000  # the default budget on the built-in corpus, the same for each kind
 
@@ -81,29 +83,14 @@ def compare(
     return results
 
 
-# Flags that override a TrainConfig field when given (all default to None).
-_OVERRIDES = {
-    "epochs": int,
-    "max_steps": int,
-    "embedding_size": int,
-    "hidden_size": int,
-    "num_layers": int,
-    "dropout": float,
-    "batch_size": int,
-    "bptt": int,
-    "lr": float,
-    "max_vocab": int,
-    "seed": int,
-}
-
-
 def make_configs(args: argparse.Namespace, archs: tuple[str, ...]) -> dict[str, TrainConfig]:
     """Per-kind configs: the same budget and sizes, each kind's own default recipe.
 
     On the built-in corpus the recipe is models.defaults' (so the long-range link can be
     learned) with one step budget for all; on files it is TrainConfig's defaults.
     """
-    given = {k: getattr(args, k) for k in _OVERRIDES if getattr(args, k) is not None}
+    given = {f.name: getattr(args, f.name) for f in knobs(request_only=True)}
+    given = {k: v for k, v in given.items() if v is not None}
     runtime = {"device": args.device, "num_threads": args.num_threads}
     configs = {}
     for arch in archs:
@@ -127,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lowercase", action="store_true", help="lowercase --train text")
     p.add_argument("--builtin", default="longrange", choices=sorted(BUILTIN_CORPORA))
     p.add_argument("--archs", default=",".join(ARCHS), help="comma-separated subset")
-    for name, kind in _OVERRIDES.items():
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None)
+    add_knob_flags(p, knobs(request_only=True))  # the sizes and budget a /train request sets
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--num-threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--plot", help="write validation ppl by epoch to this PNG")

@@ -15,7 +15,7 @@ import math
 import signal
 import sys
 import time
-from dataclasses import replace
+from dataclasses import Field, replace
 from typing import Any
 
 from models import store
@@ -36,42 +36,21 @@ from models.train.config import (
     TrainingCancelled,
     TrainingError,
     build_meta,
+    knob_type,
+    knobs,
 )
 from models.train.loop import train
-
-# Flags that set a TrainConfig field of the same name when given.
-_VALUE_FLAGS = {
-    "epochs": int,
-    "max_steps": int,
-    "embedding_size": int,
-    "hidden_size": int,
-    "num_layers": int,
-    "dropout": float,
-    "batch_size": int,
-    "bptt": int,
-    "lr": float,
-    "clip": float,
-    "schedule": str,
-    "warmup_steps": int,
-    "decay_start": float,
-    "min_lr_ratio": float,
-    "max_vocab": int,
-    "min_freq": int,
-    "seed": int,
-    "num_threads": int,
-}
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
     base = default_configs()[args.arch] if args.builtin else TrainConfig(arch=args.arch)
-    given = {k: getattr(args, k) for k in _VALUE_FLAGS if getattr(args, k) is not None}
+    given = {f.name: getattr(args, f.name) for f in knobs() if getattr(args, f.name) is not None}
     if args.optimizer:
         # Another optimizer needs its own lr and clip unless they are given too.
         given = {"lr": None, "clip": None, **given, "optimizer": args.optimizer}
     return replace(
         base,
         **given,
-        tied=args.tied or base.tied,
         lowercase=args.lowercase or base.lowercase or bool(args.builtin),
         device=args.device,
         amp=not args.no_amp,
@@ -104,16 +83,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", required=True)
     p.add_argument("--name", required=True)
     # Unset flags keep the recipe: models.defaults' for --builtin, TrainConfig's otherwise.
-    for name, kind in _VALUE_FLAGS.items():
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None)
+    add_knob_flags(p, knobs())
     p.add_argument("--optimizer", choices=["adam", "sgd"], default=None)
-    p.add_argument("--tied", action="store_true")
     p.add_argument("--lowercase", action="store_true")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("--checkpoint-dir", help="resumable checkpoints here (resumes if present)")
     p.add_argument("--progress", choices=["auto", "bar", "none"], default="auto")
     return p
+
+
+def add_knob_flags(p: argparse.ArgumentParser, declared: list[Field[Any]]) -> None:
+    """One `--flag` per hyperparameter, default None (not given); booleans are switches."""
+    for f in declared:
+        flag, kind, text = "--" + f.name.replace("_", "-"), knob_type(f), f.metadata["help"]
+        if kind is bool:
+            p.add_argument(flag, action="store_true", default=None, help=text)
+        else:
+            p.add_argument(flag, type=kind, default=None, help=text)
 
 
 def _load_corpus(args: argparse.Namespace, cfg: TrainConfig) -> Corpus:

@@ -4,8 +4,8 @@ meta.json record), and how it can fail."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import Field, asdict, dataclass, field, fields
+from typing import Any, get_args, get_type_hints
 
 from models.corpus import Corpus
 from models.lm import ARCHS, RNNLM, ModelConfig
@@ -35,38 +35,69 @@ class TrainingCancelled(Exception):
         self.step = step
 
 
+def knob(
+    default: Any, help: str, *, low: float | None = None, above: bool = False, request: bool = False
+) -> Any:
+    """A hyperparameter, declared once: the train CLI, `models.compare` and (with `request`)
+    the `/train` schema are generated from it. `low` is its fixed lower bound (`above`: the
+    value must exceed it); operators bound it from above (service.jobs.bounds)."""
+    meta = {"help": help, "low": low, "above": above, "request": request}
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class TrainConfig:
     arch: str = "lstm"
-    embedding_size: int = 128
-    hidden_size: int = 128
-    num_layers: int = 1
-    dropout: float = 0.0
-    tied: bool = False
-    batch_size: int = 20
-    bptt: int = 35
-    lr: float | None = None  # None: DEFAULT_LR for the optimizer
+    embedding_size: int = knob(128, "Word embedding width.", low=1, request=True)
+    hidden_size: int = knob(128, "Recurrent state width per layer.", low=1, request=True)
+    num_layers: int = knob(1, "Stacked recurrent layers.", low=1, request=True)
+    dropout: float = knob(
+        0.0,
+        "Dropout on the embeddings, between layers and before the decoder.",
+        low=0.0,
+        request=True,
+    )
+    tied: bool = knob(False, "Share embedding and decoder weights.", request=True)
+    batch_size: int = knob(20, "Rows trained side by side.", low=1, request=True)
+    bptt: int = knob(35, "Truncated backprop length in tokens.", low=1, request=True)
+    lr: float | None = knob(
+        None,
+        "Learning rate (default: 3e-3 for Adam, 1.0 for SGD).",
+        low=0.0,
+        above=True,
+        request=True,
+    )
     optimizer: str = "adam"
     weight_decay: float = 0.0
-    clip: float | None = None  # gradient-norm clipping; None: DEFAULT_CLIP; 0 disables
-    epochs: int = 3
-    max_steps: int | None = None
-    # "plateau": multiply the lr by lr_decay when validation stops improving; "cosine": hold
-    # lr until decay_start (a fraction of all steps), then anneal to lr * min_lr_ratio at the
-    # end of the run; no plateau decay.
-    schedule: str = "plateau"
-    warmup_steps: int = 0  # linear warm-up, either schedule
-    decay_start: float = 0.0
-    min_lr_ratio: float = 0.05
+    clip: float | None = knob(
+        None, "Gradient-norm clipping (default: 5 for Adam, 0.5 for SGD; 0 disables).", low=0.0
+    )
+    epochs: int = knob(3, "Passes over the training text.", low=1, request=True)
+    max_steps: int | None = knob(None, "Stop after this many steps at most.", low=1, request=True)
+    schedule: str = knob(
+        "plateau",
+        "plateau: multiply the lr by lr_decay when validation stops improving; cosine: hold "
+        "the lr until decay_start, then anneal to lr * min_lr_ratio at the end of the run.",
+    )
+    warmup_steps: int = knob(0, "Linear lr warm-up steps, either schedule.", low=0)
+    decay_start: float = knob(
+        0.0, "Where the cosine decay starts, as a fraction of all steps.", low=0.0
+    )
+    min_lr_ratio: float = knob(0.05, "The cosine schedule's final lr, over the lr.", low=0.0)
     lr_decay: float = 0.5
     patience: int = 0  # epochs without improvement tolerated before decaying
     early_stop: int = 3  # stop after this many epochs without improvement (0: never)
-    seed: int = 0
+    seed: int = knob(0, "Seed of the initial weights and dropout.", low=0, request=True)
     device: str = "auto"
-    max_vocab: int | None = None
-    min_freq: int = 1
+    max_vocab: int | None = knob(
+        None,
+        "Keep the most frequent words only (<unk>, <eos> and 1+ words).",
+        low=3,
+        request=True,
+    )
+    min_freq: int = knob(1, "Drop words seen fewer times than this.", low=1)
     lowercase: bool = False
-    num_threads: int | None = None
+    num_threads: int | None = knob(None, "torch threads (unset or 0: torch's default).", low=0)
     amp: bool = True  # bf16 autocast, on CUDA only
     unigram_bias: bool = True  # start the decoder bias at the unigram log-frequencies
     # Initial bias of the LSTM forget / GRU update gate (None: models.lm's). Larger values
@@ -85,19 +116,16 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.warmup_steps < 0 or not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError("warmup_steps must be >= 0 and min_lr_ratio in [0, 1]")
-        if not 0.0 <= self.decay_start < 1.0:
-            raise ValueError("decay_start must be in [0, 1)")
-        for name in ("batch_size", "bptt", "epochs", "eval_batch_size", "min_freq"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError("max_steps must be >= 1")
-        if self.lr is not None and not (0.0 < self.lr < math.inf):
-            raise ValueError("lr must be a positive number")
-        if self.clip is not None and not (0.0 <= self.clip < math.inf):
-            raise ValueError("clip must be >= 0 (0 disables clipping)")
+        for f in knobs():
+            value, low = getattr(self, f.name), f.metadata["low"]
+            if value is None or low is None:
+                continue
+            if not math.isfinite(value) or (value <= low if f.metadata["above"] else value < low):
+                raise ValueError(f"{f.name} must be {'>' if f.metadata['above'] else '>='} {low}")
+        if self.eval_batch_size < 1:
+            raise ValueError("eval_batch_size must be >= 1")
+        if self.min_lr_ratio > 1.0 or self.decay_start >= 1.0:
+            raise ValueError("min_lr_ratio must be in [0, 1] and decay_start in [0, 1)")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         self.model_config(vocab_size=2)  # sizes, dropout and tying are checked there
@@ -132,6 +160,19 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def knobs(request_only: bool = False) -> list[Field[Any]]:
+    """TrainConfig's hyperparameter fields (declared with `knob`), in declaration order."""
+    found = [f for f in fields(TrainConfig) if "help" in f.metadata]
+    return [f for f in found if f.metadata["request"]] if request_only else found
+
+
+def knob_type(f: Field[Any]) -> type:
+    """The field's value type without None: int, float, bool or str."""
+    hint = get_type_hints(TrainConfig)[f.name]
+    args = [a for a in get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
 
 
 @dataclass

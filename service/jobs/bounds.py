@@ -2,31 +2,35 @@
 
 Each upper bound is a `GATEHOUSE_TRAIN_MAX_<FIELD>` env var (say GATEHOUSE_TRAIN_MAX_HIDDEN_SIZE
 =2048), so an operator raises a limit without a code change. Lower bounds are what makes a
-model well-formed at all and are fixed. A request out of range is refused with the range.
+model well-formed at all: they are fixed, declared with the hyperparameter (`TrainConfig`'s
+`knob`) and enforced by the request schema. A request out of range is refused with the range.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import annotated_types
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Fixed lower bounds: (field, lowest allowed value, exclusive?)
-_LOW: dict[str, tuple[float, bool]] = {
-    "embedding_size": (1, False),
-    "hidden_size": (1, False),
-    "num_layers": (1, False),
-    "dropout": (0.0, False),
-    "batch_size": (1, False),
-    "bptt": (1, False),
-    "lr": (0.0, True),
-    "epochs": (1, False),
-    "max_steps": (1, False),
-    "max_vocab": (3, False),  # <unk>, <eos> and at least one real word
-    "seed": (0, False),
-    "valid_fraction": (0.01, False),
-}
+from ..schemas.jobs import CorpusOptions, TrainRequest
+
+
+def _lower_bounds() -> dict[str, tuple[float, bool]]:
+    """field -> (lowest allowed value, exclusive?), as the request schema declares them."""
+    out: dict[str, tuple[float, bool]] = {}
+    for schema in (TrainRequest, CorpusOptions):
+        for name, info in schema.model_fields.items():
+            for bound in info.metadata:
+                if isinstance(bound, annotated_types.Ge):
+                    out[name] = (bound.ge, False)  # type: ignore[assignment]
+                elif isinstance(bound, annotated_types.Gt):
+                    out[name] = (bound.gt, True)  # type: ignore[assignment]
+    return out
+
+
+_LOW = _lower_bounds()
 
 
 class TrainBounds(BaseSettings):
@@ -50,9 +54,10 @@ class TrainBounds(BaseSettings):
     # Wall-clock time one job may spend running, over all its attempts; then it fails.
     max_job_seconds: float = Field(6 * 3600.0, gt=0)
 
-    @staticmethod
-    def fields() -> tuple[str, ...]:
-        return tuple(_LOW)
+    @classmethod
+    def fields(cls) -> tuple[str, ...]:
+        """The bounded fields: a fixed lower bound and an upper one here."""
+        return tuple(f for f in _LOW if f"max_{f}" in cls.model_fields)
 
     def range_of(self, field: str) -> tuple[float, float, bool]:
         low, exclusive = _LOW[field]
@@ -65,7 +70,7 @@ class TrainBounds(BaseSettings):
     def check(self, values: dict[str, Any]) -> list[tuple[str, str]]:
         """(field, problem) for each value out of range; None values are not checked."""
         problems: list[tuple[str, str]] = []
-        for field in _LOW:
+        for field in self.fields():
             value = values.get(field)
             if value is None:
                 continue

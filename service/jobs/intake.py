@@ -48,14 +48,20 @@ def validation_error(e: ValidationError, bounds: TrainBounds) -> ApiError:
     return _refuse(problems or [_problem("", "invalid request")])
 
 
-def check_request(req: TrainRequest, bounds: TrainBounds) -> dict[str, Any]:
-    """The hyperparameters to train with, all in range; else a 422 listing each problem."""
+def check_request(
+    req: TrainRequest, bounds: TrainBounds, upload: CorpusOptions | None = None
+) -> dict[str, Any]:
+    """The hyperparameters to train with, all in range; else a 422 listing each problem.
+
+    `upload`: the corpus options of a multipart request (form fields beside the file); a JSON
+    request carries them in its `corpus`."""
     hp = req.hyperparameters()
     problems = [_problem(f, m, "range") for f, m in bounds.check(hp)]
-    if req.corpus is not None:
+    options, where = (upload, "") if upload is not None else (req.corpus, "corpus.")
+    if options is not None:
         problems += [
-            _problem(f"corpus.{f}", m, "range")
-            for f, m in bounds.check({"valid_fraction": req.corpus.valid_fraction})
+            _problem(where + f, m, "range")
+            for f, m in bounds.check({"valid_fraction": options.valid_fraction})
         ]
     if problems:
         raise _refuse(problems)

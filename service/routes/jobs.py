@@ -133,10 +133,7 @@ async def _from_upload(request: Request, jobs: JobManager) -> dict[str, Any]:
             jobs,
         )
         req: TrainRequest = _parse(TrainRequest, fields, jobs)
-        hp = intake.check_request(req, jobs.bounds)
-        problems = jobs.bounds.check({"valid_fraction": opts.valid_fraction})
-        if problems:
-            raise ApiError(422, "; ".join(f"{f}: {m}" for f, m in problems))
+        hp = intake.check_request(req, jobs.bounds, upload=opts)
         return await jobs.submit(
             req.name,
             req.arch,

@@ -1,15 +1,18 @@
 """POST /train, GET /jobs, GET /jobs/{id}, GET /datasets.
 
-Types and shapes are checked here; ranges are checked against the operator's bounds
-(`service.jobs.bounds`), which can change without a code change, so they are not baked into
-these fields.
+Types, shapes and the fixed lower bounds are checked here (the hyperparameter fields come from
+`TrainConfig`'s declarations); upper bounds are the operator's (`service.jobs.bounds`), which
+can change without a code change, so they are not baked into these fields.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, create_model, field_validator, model_validator
+
+from models.train.config import knob_type, knobs
 
 from .common import Request
 
@@ -18,26 +21,10 @@ DATASET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 JOB_ID_PATTERN = r"^[0-9a-f]{16}$"
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
-# Hyperparameters a request may set; each left out takes the trainer's default.
-HYPERPARAMETERS = (
-    "embedding_size",
-    "hidden_size",
-    "num_layers",
-    "dropout",
-    "tied",
-    "batch_size",
-    "bptt",
-    "lr",
-    "epochs",
-    "max_steps",
-    "max_vocab",
-    "seed",
-)
-
 
 class CorpusOptions(Request):
     valid_fraction: float | None = Field(
-        None, description="Share of the tokens held out for validation (default 0.1)."
+        None, ge=0.01, description="Share of the tokens held out for validation (default 0.1)."
     )
     lowercase: bool | None = Field(
         None, description="Lowercase the text first (default: true for built-ins, else false)."
@@ -63,7 +50,7 @@ class CorpusSpec(CorpusOptions):
         return self
 
 
-class TrainRequest(Request):
+class _TrainRequest(Request):
     name: str = Field(
         pattern=NAME_PATTERN, description="Model name; the result is its next version."
     )
@@ -71,18 +58,6 @@ class TrainRequest(Request):
     corpus: CorpusSpec | None = Field(
         None, description="Required in JSON; with a multipart upload the file is the corpus."
     )
-    embedding_size: int | None = None
-    hidden_size: int | None = None
-    num_layers: int | None = None
-    dropout: float | None = None
-    tied: bool | None = Field(None, description="Share embedding and decoder weights.")
-    batch_size: int | None = None
-    bptt: int | None = Field(None, description="Truncated backprop length in tokens.")
-    lr: float | None = None
-    epochs: int | None = None
-    max_steps: int | None = Field(None, description="Stop after this many steps at most.")
-    max_vocab: int | None = Field(None, description="Keep the most frequent words only.")
-    seed: int | None = None
 
     model_config = {
         "json_schema_extra": {
@@ -99,27 +74,39 @@ class TrainRequest(Request):
         }
     }
 
-    @field_validator(
-        "embedding_size",
-        "hidden_size",
-        "num_layers",
-        "batch_size",
-        "bptt",
-        "epochs",
-        "max_steps",
-        "max_vocab",
-        "seed",
-        mode="before",
-    )
-    @classmethod
-    def _no_bool_for_int(cls, value: Any) -> Any:
-        # JSON true would otherwise pass as 1.
-        if isinstance(value, bool):
-            raise ValueError("expected an integer, got a boolean")
-        return value
-
     def hyperparameters(self) -> dict[str, Any]:
+        """The hyperparameters given; each left out takes the trainer's default."""
         return {k: getattr(self, k) for k in HYPERPARAMETERS if getattr(self, k) is not None}
+
+
+def _no_bool_for_int(value: Any) -> Any:
+    # JSON true would otherwise pass as 1.
+    if isinstance(value, bool):
+        raise ValueError("expected an integer, got a boolean")
+    return value
+
+
+def _knob_field(f: dataclasses.Field[Any]) -> tuple[Any, Any]:
+    low, above = f.metadata["low"], f.metadata["above"]
+    bound = {} if low is None else ({"gt": low} if above else {"ge": low})
+    return knob_type(f) | None, Field(None, description=f.metadata["help"], **bound)
+
+
+_KNOBS = knobs(request_only=True)
+HYPERPARAMETERS = tuple(f.name for f in _KNOBS)
+# One field per hyperparameter TrainConfig declares for requests, with its fixed lower bound
+# (shown in OpenAPI); the operator's upper bounds are checked in service.jobs.intake.
+TrainRequest = create_model(
+    "TrainRequest",
+    __base__=_TrainRequest,
+    __doc__="POST /train: what to train, on which corpus, with which hyperparameters.",
+    __validators__={
+        "no_bool_for_int": field_validator(
+            *(f.name for f in _KNOBS if knob_type(f) is int), mode="before"
+        )(_no_bool_for_int)
+    },
+    **{f.name: _knob_field(f) for f in _KNOBS},
+)
 
 
 class TrainAccepted(BaseModel):
