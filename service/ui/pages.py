@@ -30,6 +30,13 @@ _TYPES = {
 }
 # The page's files change with the package: revalidate each load rather than cache stale JS.
 _NO_STALE = {"Cache-Control": "no-cache"}
+# The page may load and call nothing but this server; the browser enforces it.
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'self'"
+)
+_PAGE_HEADERS = {**_NO_STALE, "Content-Security-Policy": PAGE_CSP}
 MAX_GAP = 6
 
 
@@ -67,13 +74,13 @@ def long_range_prompts(max_gap: int = MAX_GAP) -> list[dict[str, Any]]:
 
 @router.get("/")
 async def index() -> HTMLResponse:
-    return HTMLResponse(_read("index.html"), headers=_NO_STALE)
+    return HTMLResponse(_read("index.html"), headers=_PAGE_HEADERS)
 
 
 @router.get("/ui")
 @router.get("/ui/")
 async def ui_index() -> HTMLResponse:
-    return HTMLResponse(_read("index.html"), headers=_NO_STALE)
+    return HTMLResponse(_read("index.html"), headers=_PAGE_HEADERS)
 
 
 @router.get("/ui/config.json")
@@ -98,4 +105,4 @@ async def static(rel: str) -> Response:
 async def ui_view(view: str) -> HTMLResponse:
     if view not in VIEWS:
         raise ApiError(404, f"no page {view!r}; pages: {', '.join(VIEWS)}")
-    return HTMLResponse(_read("index.html"), headers=_NO_STALE)
+    return HTMLResponse(_read("index.html"), headers=_PAGE_HEADERS)

@@ -45,6 +45,8 @@ async def test_page_and_assets(client: httpx.AsyncClient) -> None:
         r = await client.get(path)
         assert r.status_code == 200 and "text/html" in r.headers["content-type"]
         assert '<script type="module" src="/ui/static/js/main.js">' in r.text
+        csp = r.headers["content-security-policy"]
+        assert "default-src 'self'" in csp and "unsafe-inline" not in csp
     js = await client.get("/ui/static/js/heatmap.js")
     assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
     for bad in ("/ui/static/../pages.py", "/ui/static/%2e%2e/pages.py", "/ui/static/nope.js"):
@@ -66,8 +68,9 @@ async def test_every_asset_the_page_names_is_served(client: httpx.AsyncClient) -
 
 async def test_docs_use_local_assets_only(client: httpx.AsyncClient) -> None:
     for path in ("/docs", "/redoc"):
-        page = (await client.get(path)).text
-        assert "http://" not in page and "https://" not in page, page
+        r = await client.get(path)
+        assert "http://" not in r.text and "https://" not in r.text, r.text
+        assert "default-src 'self'" in r.headers["content-security-policy"]
     for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js"):
         r = await client.get(f"/ui/vendor/{asset}")
         assert r.status_code == 200 and len(r.content) > 10_000

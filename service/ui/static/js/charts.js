@@ -88,11 +88,10 @@ export function lineChart(series, opts = {}) {
       );
     });
   } else {
-    const seen = new Set();
+    const whole = xs.every(Number.isInteger); // epochs, steps: no tick between two of them
     for (const v of ticks(x0, x1, 6)) {
-      const label = fmt(v, 0);
-      if (seen.has(label)) continue; // steps of 0.5 on a whole-number axis
-      seen.add(label);
+      if (whole && !Number.isInteger(v)) continue;
+      const label = fmt(v, whole ? 0 : 1);
       axis.append(svg("text", { x: sx(v), y: pad.t + H + 16, "text-anchor": "middle", text: label }));
     }
   }

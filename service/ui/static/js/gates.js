@@ -7,7 +7,17 @@ import { SORTS, unitOrder } from "./units.js";
 import { modelPicker } from "./picker.js";
 
 export const DEFAULT_TEXT = "i grew up in france . the clouds are in the sky . i speak fluent";
-const ROUND = 4; // decimals asked of /gates: what a hover shows, and a third of the bytes
+// Large maps are fetched rounded to 4 decimals (a third of the bytes); smaller ones exactly,
+// so a hover shows the very value /gates computed.
+const ROUND = 4;
+const EXACT_UP_TO = 300_000; // values in one answer
+
+function roundingFor(model, text) {
+  if (!model) return ROUND;
+  const words = text.trim().split(/\s+/).length; // about the token count; errs either way a bit
+  const gates = { lstm: 6, gru: 4, rnn: 1 }[model.arch] || 6;
+  return words * model.hidden_size * gates > EXACT_UP_TO ? ROUND : null;
+}
 
 function tokenStrip(tokens, unknown, cw) {
   const unk = new Set(unknown);
@@ -192,8 +202,14 @@ export function mount(root, ctx) {
     columns.dataset.state = "loading";
     try {
       const t0 = performance.now();
+      const served = await api.servedModels().catch(() => []);
       const results = await Promise.all(
-        refs.map((ref) => api.get("/gates", { model: ref, text: text.value, layers: layer.value, round: ROUND, top_k: 5 })),
+        refs.map((ref) => {
+          const params = { model: ref, text: text.value, layers: layer.value, top_k: 5 };
+          const decimals = roundingFor(served.find((m) => m.name === ref.split("@")[0]), text.value);
+          if (decimals !== null) params.round = decimals;
+          return api.get("/gates", params);
+        }),
       );
       if (mine !== seq) return;
       const fetched = performance.now();

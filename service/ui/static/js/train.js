@@ -63,6 +63,12 @@ export function mount(root, ctx) {
   let ppl = [];
 
   function draw() {
+    if (!loss.length && !ppl.length) {
+      lossBox.replaceChildren();
+      pplBox.replaceChildren();
+      lossBox.dataset.points = pplBox.dataset.points = "0";
+      return;
+    }
     lossBox.replaceChildren(el("h4", {}, "training loss"), lineChart([{ name: "loss", colour: "#d95f02", points: loss }], { width: 460, height: 240, xLabel: "step", yLabel: "loss" }));
     lossBox.dataset.points = String(loss.length);
     pplBox.replaceChildren(el("h4", {}, "validation perplexity"), lineChart([{ name: "val ppl", colour: "#1b9e77", points: ppl }], { width: 460, height: 240, xLabel: "epoch", yLabel: "perplexity" }));
@@ -146,6 +152,7 @@ export function mount(root, ctx) {
     } catch (err) {
       start.disabled = false;
       api.showError(error, err);
+      if (err.status === 401) error.textContent += " — enter the server's API key at the top right.";
     }
   });
 
