@@ -19,10 +19,10 @@ from typing import IO, Any
 from ..errors import ApiError
 from ..registry import ModelRegistry
 from ..settings import Settings
-from . import events, spool
+from . import events, protocol, spool
 from .bounds import TrainBounds
 from .db import FINAL, AsyncJobDB, JobRow
-from .supervisor import CANCEL_GRACE_S, MAX_INTERRUPTIONS, Run, Supervisor
+from .run import CANCEL_GRACE_S, MAX_INTERRUPTIONS, JobContext, Run
 from .views import job_view
 
 log = logging.getLogger("gatehouse.jobs")
@@ -39,7 +39,7 @@ class JobManager:
         self.model_dir = settings.model_dir
         self.hub = events.EventHub()
         self.db = AsyncJobDB()
-        self.supervisor = Supervisor(settings, registry, self.bounds, self.db, self.hub)
+        self.context = JobContext(settings, registry, self.bounds, self.db, self.hub)
         self._runs: dict[str, Run] = {}
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -61,18 +61,18 @@ class JobManager:
         for job_id, status in recovered.items():
             log.warning("job %s was running when the server stopped: now %s", job_id, status)
             if status in FINAL:
-                await self.supervisor.ended(job_id, status, 0.0)
+                await self.context.ended(job_id, status, 0.0)
         active = await self.db.run(lambda db: {r.id for r in db.list(("queued", "running"), -1)})
         removed = await asyncio.to_thread(spool.cleanup, self.model_dir, active)
         if removed:
             log.info("removed %d leftover job directories", len(removed))
-        await self.supervisor.publish_counts()
+        await self.context.publish_counts()
         self._scheduler = asyncio.create_task(self._schedule_loop(), name="jobs-scheduler")
         self._wake.set()
 
     async def stop(self) -> None:
         """Running workers checkpoint and exit; their jobs resume at the next start."""
-        self.supervisor.stopping = True
+        self.context.stopping = True
         self.hub.close()
         if self._scheduler is not None:
             # Not cancelled: a launch in progress completes, so its run is known below.
@@ -80,7 +80,7 @@ class JobManager:
             await asyncio.gather(self._scheduler, return_exceptions=True)
         runs = list(self._runs.values())
         for run in runs:
-            await run.ask("checkpoint")
+            await run.ask(protocol.CHECKPOINT)
             if not run.trained and run.worker is not None:
                 # Still starting (importing torch, reading the corpus): nothing new to save.
                 run.worker.kill()
@@ -121,7 +121,7 @@ class JobManager:
     # ---- submission --------------------------------------------------------------------
     async def check_capacity(self) -> None:
         """429 when the queue is full: running jobs fill the slots, queued ones the queue."""
-        if self.supervisor.stopping:
+        if self.context.stopping:
             raise ApiError(503, "the server is shutting down", headers={"Retry-After": "10"})
         if self._owner is None:
             raise ApiError(503, "another server on this model store runs the training jobs")
@@ -178,7 +178,7 @@ class JobManager:
             await asyncio.to_thread(staging.discard)
             raise
         log.info("job %s queued: %s %s on %s", job_id, arch, name, source.get("description"))
-        await self.supervisor.publish_counts()
+        await self.context.publish_counts()
         self._wake.set()
         return self._view(row)
 
@@ -196,10 +196,10 @@ class JobManager:
                 if await self.db.run(
                     lambda db: db.finish(job_id, "cancelled", only_from=("queued",))
                 ):
-                    await self.supervisor.ended(job_id, "cancelled", 0.0)
+                    await self.context.ended(job_id, "cancelled", 0.0)
                     return await self._must_get(job_id)
                 raise ApiError(409, f"job {job_id} changed state meanwhile; look again")
-            await run.ask("cancel")
+            await run.ask(protocol.CANCEL)
         try:
             await asyncio.wait_for(run.done.wait(), CANCEL_GRACE_S)
         except asyncio.TimeoutError:
@@ -220,12 +220,12 @@ class JobManager:
 
     # ---- scheduling --------------------------------------------------------------------
     async def _schedule_loop(self) -> None:
-        while not self.supervisor.stopping:
+        while not self.context.stopping:
             await self._wake.wait()
             self._wake.clear()
             try:
                 while len(self._runs) < self.settings.max_running_jobs:
-                    if self.supervisor.stopping or not await self._launch_next():
+                    if self.context.stopping or not await self._launch_next():
                         break
             except Exception:  # a bad row or a spawn failure must not end scheduling
                 log.exception("job scheduling failed")
@@ -240,17 +240,17 @@ class JobManager:
             claimed = await self.db.run(lambda db: db.mark_running(row.id) and db.get(row.id))
             if not claimed:
                 return True
-            run = Run(claimed)
+            run = Run(self.context, claimed)
             self._runs[claimed.id] = run
             run.task = asyncio.create_task(self._run(run), name=f"job-{claimed.id}")
-        await self.supervisor.publish_counts()
+        await self.context.publish_counts()
         return True
 
     async def _run(self, run: Run) -> None:
         try:
-            await self.supervisor.supervise(run)
+            await run.supervise()
         finally:
             self._runs.pop(run.row.id, None)
             run.done.set()
-            await self.supervisor.publish_counts()
+            await self.context.publish_counts()
             self._wake.set()

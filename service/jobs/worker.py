@@ -6,10 +6,9 @@ knows nothing of the server, the database or HTTP.
 Protocol with the server:
 * events go out as JSON lines on the process's original stdout (anything a library prints
   is sent to stderr instead, which is the job's log file);
-* commands come in on stdin, one per line: `cancel` (stop, no version) or `checkpoint`
-  (write a checkpoint and exit, to be resumed). End of stdin means the server is gone (even
-  `kill -9`): the worker checkpoints and exits rather than train on unobserved.
-* exit status: 0 succeeded, 1 failed, 2 cancelled, 3 checkpointed and stopped.
+* commands come in on stdin, one per line (protocol.COMMANDS). End of stdin means the server
+  is gone (even `kill -9`): the worker checkpoints and exits rather than train on unobserved.
+* the exit status says how it ended (protocol.EXIT_*).
 
 The version carries the job id in its meta.json, so a worker that finds its job's version
 already saved (the server died between the save and recording it) reports that version
@@ -33,8 +32,24 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import spool
+from .protocol import (
+    CANCEL,
+    CANCELLED,
+    CHECKPOINT,
+    COMMANDS,
+    CORPUS,
+    EXIT_CANCELLED,
+    EXIT_FAILED,
+    EXIT_STOPPED,
+    EXIT_SUCCEEDED,
+    FAILED,
+    PROGRESS,
+    STARTED,
+    STOPPED,
+    SUCCEEDED,
+    stronger,
+)
 
-EXIT_SUCCEEDED, EXIT_FAILED, EXIT_CANCELLED, EXIT_STOPPED = 0, 1, 2, 3
 LOCK_WAIT_S = 60.0  # a worker of an earlier server may still be writing its checkpoint
 ORPHAN_GRACE_S = 30.0  # after the server is gone, give the checkpoint this long, then exit
 
@@ -49,9 +64,7 @@ class Control:
         self.orphaned = False
 
     def ask(self, command: str) -> None:
-        # A cancel overrides a pending checkpoint-and-stop; nothing overrides a cancel.
-        if command == "cancel" or self.request is None:
-            self.request = command
+        self.request = stronger(self.request, command)
 
     def should_stop(self) -> str | None:
         return self.request
@@ -59,10 +72,10 @@ class Control:
     def read_commands(self, stream: IO[str]) -> None:
         for line in stream:
             command = line.strip()
-            if command in ("cancel", "checkpoint"):
+            if command in COMMANDS:
                 self.ask(command)
         self.orphaned = True
-        self.ask("checkpoint")
+        self.ask(CHECKPOINT)
         # If training is stuck in a long step, leave anyway: the last checkpoint stands.
         timer = threading.Timer(ORPHAN_GRACE_S, os._exit, args=(EXIT_STOPPED,))
         timer.daemon = True
@@ -204,7 +217,7 @@ def run(job_dir: Path, model_dir: Path, device: str, threads: int, emitter: Emit
     threading.Thread(
         target=control.read_commands, args=(sys.stdin,), name="commands", daemon=True
     ).start()
-    signal.signal(signal.SIGTERM, lambda *_: control.ask("checkpoint"))
+    signal.signal(signal.SIGTERM, lambda *_: control.ask(CHECKPOINT))
 
     lower_priority(threads)
     from models import store
@@ -218,7 +231,7 @@ def run(job_dir: Path, model_dir: Path, device: str, threads: int, emitter: Emit
         version, meta = found
         log.info("job %s already saved %s@%s before an interruption", job_id, name, version)
         emitter.emit(
-            "succeeded",
+            SUCCEEDED,
             version=version,
             metrics=meta.get("metrics") or {},
             history=meta.get("history") or [],
@@ -236,31 +249,31 @@ def run(job_dir: Path, model_dir: Path, device: str, threads: int, emitter: Emit
         }
     )
     checkpoint_dir = job_dir / spool.CHECKPOINT_DIR
-    emitter.emit("started", config=cfg.to_dict(), resumed_step=checkpoint_step(checkpoint_dir))
+    emitter.emit(STARTED, config=cfg.to_dict(), resumed_step=checkpoint_step(checkpoint_dir))
     try:
         corpus = load_corpus(job_dir, source, cfg.corpus_options())
-        emitter.emit("corpus", corpus=corpus.info())
+        emitter.emit(CORPUS, corpus=corpus.info())
         check_size(cfg, len(corpus.tokenizer.vocab), spec.get("max_params"))
         result = train(
             cfg,
             corpus,
-            callback=lambda info: emitter.emit("progress", info=info),
+            callback=lambda info: emitter.emit(PROGRESS, info=info),
             should_stop=control.should_stop,
             checkpoint_dir=str(checkpoint_dir),
         )
     except TrainingCancelled as e:
-        if control.request == "cancel":
-            emitter.emit("cancelled", step=e.step)
+        if control.request == CANCEL:
+            emitter.emit(CANCELLED, step=e.step)
             return EXIT_CANCELLED
-        emitter.emit("stopped", step=e.step, checkpointed=e.checkpointed)
+        emitter.emit(STOPPED, step=e.step, checkpointed=e.checkpointed)
         return EXIT_STOPPED
     except Exception as e:  # every failure becomes a readable reason for the job record
         traceback.print_exc()
-        emitter.emit("failed", error=_describe(e))
+        emitter.emit(FAILED, error=_describe(e))
         return EXIT_FAILED
-    if control.request == "cancel":
+    if control.request == CANCEL:
         # Asked to cancel after the last step: honour it, no version.
-        emitter.emit("cancelled", step=result.metrics.get("steps"))
+        emitter.emit(CANCELLED, step=result.metrics.get("steps"))
         return EXIT_CANCELLED
     meta = build_meta(result, corpus)
     meta["job_id"] = job_id
@@ -268,10 +281,10 @@ def run(job_dir: Path, model_dir: Path, device: str, threads: int, emitter: Emit
         version = store.save_version(model_dir, name, result.model, result.tokenizer, meta)
     except OSError as e:  # a full or failing disk: the store left no partial version behind
         traceback.print_exc()
-        emitter.emit("failed", error=f"saving {name} failed, no version was created: {e}")
+        emitter.emit(FAILED, error=f"saving {name} failed, no version was created: {e}")
         return EXIT_FAILED
     log.info("job %s saved %s@%s", job_id, name, version)
-    emitter.emit("succeeded", version=version, metrics=result.metrics, history=result.history)
+    emitter.emit(SUCCEEDED, version=version, metrics=result.metrics, history=result.history)
     return EXIT_SUCCEEDED
 
 
@@ -293,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(args.job_dir, args.model_dir, args.device, args.threads, emitter)
     except Exception as e:  # set-up failures (unreadable spec, lock) still get reported
         traceback.print_exc()
-        emitter.emit("failed", error=f"worker could not run the job: {type(e).__name__}: {e}")
+        emitter.emit(FAILED, error=f"worker could not run the job: {type(e).__name__}: {e}")
         return EXIT_FAILED
 
 

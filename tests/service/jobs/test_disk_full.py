@@ -9,7 +9,7 @@ from pathlib import Path
 
 from models import store
 from tests.helpers import REPO, TINY_TEXT
-from tests.service.test_jobs_worker import make_job
+from tests.service.jobs.test_worker import make_job
 
 # The real worker process, with the weights write failing as a full disk makes it fail.
 FULL_DISK_WORKER = """

@@ -1,4 +1,5 @@
-"""One job's worker from spawn to exit: its events become progress, its exit an outcome.
+"""One job's run, from its worker's spawn to its exit: events become progress, the exit an
+outcome (the protocol itself is in protocol.py).
 
 Outcomes, in order of precedence: a version saved (succeeded, whatever else was asked); over
 the time limit (failed); a cancel that was asked or reported (cancelled); a failure the
@@ -18,7 +19,7 @@ from typing import Any
 from .. import metrics
 from ..registry import ModelRegistry
 from ..settings import Settings
-from . import spool
+from . import protocol, spool
 from .bounds import TrainBounds
 from .db import FINAL, AsyncJobDB, JobRow
 from .events import EventHub
@@ -34,10 +35,42 @@ _METRIC_KEYS = ("step", "total_steps", "epoch", "epochs", "loss", "ppl", "lr", "
 _METRIC_KEYS += ("elapsed_s", "eta_s", "val_ppl")
 
 
-@dataclass
-class Run:
-    """A job that has a worker (or is about to get one); `row` holds its live progress."""
+class JobContext:
+    """What every run shares: where jobs live, how long they may take, where they report."""
 
+    def __init__(
+        self,
+        settings: Settings,
+        registry: ModelRegistry,
+        bounds: TrainBounds,
+        db: AsyncJobDB,
+        hub: EventHub,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.bounds = bounds
+        self.db = db
+        self.hub = hub
+        self.stopping = False  # set by the manager at shutdown
+
+    async def ended(self, job_id: str, status: str, seconds: float) -> None:
+        """After a job reached a final state: metrics, files, streams."""
+        metrics.job_finished(job_id, status, seconds)
+        await asyncio.to_thread(spool.remove, self.settings.model_dir, job_id)
+        self.hub.end(job_id)
+        await self.publish_counts()
+
+    async def publish_counts(self) -> None:
+        if self.db.is_open:
+            metrics.set_jobs_by_state(await self.db.run(lambda db: db.counts()))
+
+
+@dataclass(eq=False)
+class Run:
+    """A job that has a worker (or is about to get one), from spawn to exit; `row` holds its
+    live progress."""
+
+    ctx: JobContext
     row: JobRow
     worker: WorkerProcess | None = None
     started: float = field(default_factory=time.monotonic)
@@ -61,108 +94,89 @@ class Run:
         return self.row.run_seconds + time.monotonic() - self.started
 
     async def ask(self, command: str) -> None:
-        # A cancel overrides a pending checkpoint-and-stop; nothing overrides a cancel.
-        if command == "cancel" or self.requested is None:
-            self.requested = command
+        self.requested = protocol.stronger(self.requested, command)
         if self.worker is not None:
             await self.worker.send(command)
 
-
-class Supervisor:
-    def __init__(
-        self,
-        settings: Settings,
-        registry: ModelRegistry,
-        bounds: TrainBounds,
-        db: AsyncJobDB,
-        hub: EventHub,
-    ) -> None:
-        self.settings = settings
-        self.registry = registry
-        self.bounds = bounds
-        self.db = db
-        self.hub = hub
-        self.stopping = False  # set by the manager at shutdown
-
-    async def supervise(self, run: Run) -> None:
+    async def supervise(self) -> None:
         try:
-            if not await self._spawn(run):
+            if not await self._spawn():
                 return
-            assert run.worker is not None
-            if run.requested is not None:  # asked before the process existed
-                await run.worker.send(run.requested)
-            async for event in run.worker.events():
+            assert self.worker is not None
+            if self.requested is not None:  # asked before the process existed
+                await self.worker.send(self.requested)
+            async for event in self.worker.events():
                 try:
-                    await self._on_event(run, event)
+                    await self._on_event(event)
                 except Exception:
-                    log.exception("job %s: could not record event %s", run.row.id, event["event"])
-            await self._settle(run, await run.worker.wait())
+                    log.exception("job %s: could not record event %s", self.row.id, event["event"])
+            await self._settle(await self.worker.wait())
         except Exception:
-            log.exception("job %s: supervision failed", run.row.id)
-            if run.worker is not None:
-                run.worker.kill()
-            await self.finish(run, "failed", error="the server lost track of this job")
+            log.exception("job %s: supervision failed", self.row.id)
+            if self.worker is not None:
+                self.worker.kill()
+            await self.finish("failed", error="the server lost track of this job")
         finally:
-            if run.timer is not None:
-                run.timer.cancel()
+            if self.timer is not None:
+                self.timer.cancel()
 
-    async def _spawn(self, run: Run) -> bool:
+    async def _spawn(self) -> bool:
         """Start the worker; False (the job failed) when it cannot run at all."""
-        row = run.row
-        remaining = self.bounds.max_job_seconds - row.run_seconds
-        job_dir = spool.job_dir(self.settings.model_dir, row.id)
+        row = self.row
+        remaining = self.ctx.bounds.max_job_seconds - row.run_seconds
+        job_dir = spool.job_dir(self.ctx.settings.model_dir, row.id)
         reason = None
         if remaining <= 0:
-            reason = f"over the time limit of {self.bounds.max_job_seconds:.0f}s"
+            reason = f"over the time limit of {self.ctx.bounds.max_job_seconds:.0f}s"
         elif not (job_dir / spool.SPEC_FILE).is_file():
             reason = f"the job's files are missing from {job_dir}"
         else:
             try:
-                run.worker = await WorkerProcess.spawn(
+                self.worker = await WorkerProcess.spawn(
                     job_dir,
-                    self.settings.model_dir,
-                    self.settings.device,
-                    self.settings.job_threads,
+                    self.ctx.settings.model_dir,
+                    self.ctx.settings.device,
+                    self.ctx.settings.job_threads,
                 )
             except OSError as e:
                 reason = f"could not start a worker process: {e}"
-        if run.worker is None:
-            await self.finish(run, "failed", error=reason)
+        if self.worker is None:
+            await self.finish("failed", error=reason)
             return False
-        run.timer = asyncio.get_running_loop().call_later(remaining, self._time_up, run)
+        self.timer = asyncio.get_running_loop().call_later(remaining, self._time_up)
         log.info(
-            "job %s running in worker pid %d (attempt %d)", row.id, run.worker.pid, row.attempts
+            "job %s running in worker pid %d (attempt %d)", row.id, self.worker.pid, row.attempts
         )
-        self.hub.publish(row.id, "status", job_view(row))
+        self.ctx.hub.publish(row.id, "status", job_view(row))
         return True
 
-    def _time_up(self, run: Run) -> None:
-        run.timed_out = True
+    def _time_up(self) -> None:
+        self.timed_out = True
         loop = asyncio.get_running_loop()
-        loop.create_task(run.ask("cancel"))
-        if run.worker is not None:
-            loop.call_later(CANCEL_GRACE_S, run.worker.kill)
+        loop.create_task(self.ask(protocol.CANCEL))
+        if self.worker is not None:
+            loop.call_later(CANCEL_GRACE_S, self.worker.kill)
 
-    async def _on_event(self, run: Run, event: dict[str, Any]) -> None:
-        kind, row = event["event"], run.row
-        if kind == "started":
+    async def _on_event(self, event: dict[str, Any]) -> None:
+        kind, row = event["event"], self.row
+        if kind == protocol.STARTED:
             row.config = event.get("config")
             step = event.get("resumed_step")
             row.resumed_step = step if isinstance(step, int) else None
-            await self._write(run, config=row.config, resumed_step=row.resumed_step)
+            await self._write(config=row.config, resumed_step=row.resumed_step)
             if row.resumed_step is not None:
                 log.info("job %s resumes from its checkpoint at step %d", row.id, step)
-        elif kind == "corpus":
+        elif kind == protocol.CORPUS:
             row.corpus = {**row.corpus, **(event.get("corpus") or {})}
-            await self._write(run, corpus=row.corpus)
-        elif kind == "progress":
-            await self._on_progress(run, event.get("info") or {})
-        elif kind in ("succeeded", "failed", "cancelled", "stopped"):
-            run.outcome = event
+            await self._write(corpus=row.corpus)
+        elif kind == protocol.PROGRESS:
+            await self._on_progress(event.get("info") or {})
+        elif kind in protocol.ENDINGS:
+            self.outcome = event
 
-    async def _on_progress(self, run: Run, info: dict[str, Any]) -> None:
-        run.trained = True
-        row = run.row
+    async def _on_progress(self, info: dict[str, Any]) -> None:
+        self.trained = True
+        row = self.row
         row.metrics = {**row.metrics, **{k: info[k] for k in _METRIC_KEYS if k in info}}
         if isinstance(info.get("progress"), (int, float)):
             row.progress = float(info["progress"])
@@ -179,8 +193,8 @@ class Supervisor:
             # A resumed run may repeat an epoch whose end was reported but not checkpointed.
             row.history = [h for h in row.history if (h.get("epoch") or 0) < entry["epoch"]]
             row.history.append(entry)
-            self.hub.publish(row.id, "epoch", {"job_id": row.id, **entry})
-        self.hub.publish(
+            self.ctx.hub.publish(row.id, "epoch", {"job_id": row.id, **entry})
+        self.ctx.hub.publish(
             row.id,
             "progress",
             {"job_id": row.id, "status": "running", "progress": row.progress, **row.metrics},
@@ -194,81 +208,71 @@ class Supervisor:
             row.metrics.get("val_ppl"),
             row.metrics.get("tokens_per_s"),
         )
-        if epoch_end or time.monotonic() - run.last_write >= DB_WRITE_INTERVAL_S:
-            await self._write(run, progress=row.progress, metrics=row.metrics, history=row.history)
+        if epoch_end or time.monotonic() - self.last_write >= DB_WRITE_INTERVAL_S:
+            await self._write(progress=row.progress, metrics=row.metrics, history=row.history)
 
-    async def _write(self, run: Run, **values: Any) -> None:
-        run.last_write = time.monotonic()
-        spent = run.take_seconds()
-        await self.db.run(
-            lambda db: db.update_progress(run.row.id, add_run_seconds=spent, **values)
+    async def _write(self, **values: Any) -> None:
+        self.last_write = time.monotonic()
+        spent = self.take_seconds()
+        await self.ctx.db.run(
+            lambda db: db.update_progress(self.row.id, add_run_seconds=spent, **values)
         )
 
-    async def _settle(self, run: Run, code: int) -> None:
+    async def _settle(self, code: int) -> None:
         """The worker has exited: record how the job ended (or that it will resume)."""
-        row, outcome = run.row, run.outcome or {}
+        row, outcome = self.row, self.outcome or {}
         kind = outcome.get("event")
-        if kind == "succeeded":
-            version = await self.db.run(lambda db: db.record_version(row.id, outcome["version"]))
+        if kind == protocol.SUCCEEDED:
+            version = await self.ctx.db.run(
+                lambda db: db.record_version(row.id, outcome["version"])
+            )
             try:
                 # Served before anyone can read "succeeded": a client may /predict at once.
-                await asyncio.to_thread(self.registry.refresh)
+                await asyncio.to_thread(self.ctx.registry.refresh)
             except Exception:  # the store watcher retries; the job itself did succeed
                 log.exception("job %s: loading %s@%s failed", row.id, row.name, version)
             await self.finish(
-                run,
                 "succeeded",
                 progress=1.0,
                 metrics=outcome.get("metrics") or row.metrics,
                 history=outcome.get("history") or row.history,
                 note=f"saved {row.name}@{version}",
             )
-        elif run.timed_out:
-            limit = self.bounds.max_job_seconds
+        elif self.timed_out:
+            limit = self.ctx.bounds.max_job_seconds
             error = f"over the time limit of {limit:.0f}s (GATEHOUSE_TRAIN_MAX_JOB_SECONDS)"
-            await self.finish(run, "failed", error=error)
-        elif kind == "cancelled" or run.requested == "cancel":
-            await self.finish(run, "cancelled")
-        elif kind == "failed":
-            await self.finish(run, "failed", error=str(outcome.get("error") or "failed"))
-        elif run.requested == "checkpoint" and self.stopping:
+            await self.finish("failed", error=error)
+        elif kind == protocol.CANCELLED or self.requested == protocol.CANCEL:
+            await self.finish("cancelled")
+        elif kind == protocol.FAILED:
+            await self.finish("failed", error=str(outcome.get("error") or "failed"))
+        elif self.requested == protocol.CHECKPOINT and self.ctx.stopping:
             note = "the server shut down while this job ran; resumes from its checkpoint"
-            spent = run.take_seconds()
-            await self.db.run(lambda db: db.requeue(row.id, note, spent))
-        elif kind == "stopped":
-            spent = run.take_seconds()
+            spent = self.take_seconds()
+            await self.ctx.db.run(lambda db: db.requeue(row.id, note, spent))
+        elif kind == protocol.STOPPED:
+            spent = self.take_seconds()
             why = "the worker was stopped by a signal"
-            status = await self.db.run(
+            status = await self.ctx.db.run(
                 lambda db: db.interrupt(row.id, why, MAX_INTERRUPTIONS, spent)
             )
             if status in FINAL:
-                await self.ended(row.id, status, run.total_seconds())
+                await self.ctx.ended(row.id, status, self.total_seconds())
         else:
-            assert run.worker is not None
-            tail = run.worker.log_tail()
+            assert self.worker is not None
+            tail = self.worker.log_tail()
             log.error("job %s worker %s; log tail:\n%s", row.id, describe_exit(code), tail)
             last = tail.splitlines()[-1] if tail else ""
             error = f"the worker process {describe_exit(code)}" + (f": {last}" if last else "")
-            await self.finish(run, "failed", error=error)
+            await self.finish("failed", error=error)
 
-    async def finish(self, run: Run, status: str, **values: Any) -> None:
-        spent = run.take_seconds()
-        job_id = run.row.id
-        changed = await self.db.run(
+    async def finish(self, status: str, **values: Any) -> None:
+        spent = self.take_seconds()
+        job_id = self.row.id
+        changed = await self.ctx.db.run(
             lambda db: db.finish(job_id, status, add_run_seconds=spent, **values)
         )
         if changed:
             error = values.get("error")
             log.info("job %s %s%s", job_id, status, f": {error}" if error else "")
-            await self.ended(job_id, status, run.total_seconds())
-
-    async def ended(self, job_id: str, status: str, seconds: float) -> None:
-        """After a job reached a final state: metrics, files, streams."""
-        metrics.job_finished(job_id, status, seconds)
-        await asyncio.to_thread(spool.remove, self.settings.model_dir, job_id)
-        self.hub.end(job_id)
-        await self.publish_counts()
-
-    async def publish_counts(self) -> None:
-        if self.db.is_open:
-            metrics.set_jobs_by_state(await self.db.run(lambda db: db.counts()))
+            await self.ctx.ended(job_id, status, self.total_seconds())
