@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 import re
 import shutil
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from models.json_values import json_safe
 from models.lm import ARCHS, RNNLM, ModelConfig
 from models.tokenizer import Tokenizer
 
@@ -123,17 +123,6 @@ def list_names(model_dir: str | os.PathLike[str]) -> list[str]:
     return [n for n in _name_dirs(model_dir) if list_versions(model_dir, n)]
 
 
-def _json_safe(value: Any) -> Any:
-    # JSON has no inf/nan (a diverged run's ppl): store them as null rather than invalid JSON.
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _write_bytes(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
@@ -181,7 +170,7 @@ def save_version(
             f"tokenizer has {len(tokenizer.vocab)} words but the model's vocab_size is "
             f"{cfg.vocab_size}"
         )
-    record: dict[str, Any] = _json_safe(dict(meta or {}))
+    record: dict[str, Any] = json_safe(dict(meta or {}))
     record.update(cfg.to_dict())
     record.update(
         params=model.num_params(),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import signal
 import sys
 import time
@@ -28,6 +27,7 @@ from models.corpus import (
     corpus_from_splits,
 )
 from models.defaults import default_configs
+from models.json_values import json_safe
 from models.lm import ARCHS
 from models.train.config import (
     STOP_CANCEL,
@@ -117,16 +117,6 @@ def _load_corpus(args: argparse.Namespace, cfg: TrainConfig) -> Corpus:
     return corpus_from_path(args.train, valid_fraction=args.valid_fraction, **cfg.corpus_options())
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     start = time.monotonic()
@@ -174,5 +164,5 @@ def main(argv: list[str] | None = None) -> int:
         "metrics": result.metrics,
         "seconds": round(time.monotonic() - start, 3),
     }
-    print(json.dumps(_json_safe(summary), sort_keys=False))
+    print(json.dumps(json_safe(summary), sort_keys=False))
     return 0

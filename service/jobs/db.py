@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -18,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+from models.json_values import json_safe
 
 T = TypeVar("T")
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -96,17 +97,7 @@ _JSON_COLUMNS = {"request", "corpus", "config", "metrics", "history"}
 
 def _dumps(value: Any) -> str:
     # NaN/inf (a diverged loss) have no JSON spelling: stored as null.
-    return json.dumps(_finite(value), separators=(",", ":"), allow_nan=False)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+    return json.dumps(json_safe(value), separators=(",", ":"), allow_nan=False)
 
 
 def _row(r: sqlite3.Row) -> JobRow:

@@ -9,27 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+
+from models.json_values import json_safe
 
 _QUEUE_SIZE = 64
 KEEPALIVE_S = 15.0
 _END = object()  # sentinel: the job ended, or the server is shutting down
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
 def format_event(event: str, data: dict[str, Any]) -> bytes:
-    body = json.dumps(_finite(data), separators=(",", ":"), allow_nan=False)
+    body = json.dumps(json_safe(data), separators=(",", ":"), allow_nan=False)
     return f"event: {event}\ndata: {body}\n\n".encode()
 
 
