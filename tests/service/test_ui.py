@@ -10,6 +10,7 @@ the page's Content-Security-Policy forbids the eval Playwright would use for tho
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -204,9 +205,23 @@ def test_heat_map_cells_and_hovered_values(page, server: ServerProcess) -> None:
         got = hover_cell(page, canvas, t, unit)
         assert (got["gate"], int(got["t"]), int(got["unit"])) == (gate, t, unit)
         assert float(got["value"]) == want["layers"][0]["gates"][gate][t][unit]
+    # The first 16 units in index order: only those are fetched (/gates' `units`).
+    page.select_option("#gates-limit", "16")
+    page.wait_for_function(
+        "() => document.getElementById('gate-columns').dataset.state === 'ready' &&"
+        " document.querySelector('canvas.heatmap[data-gate=forget]').height === 16"
+    )
+    assert any("units=0-15" in u for u in page.rec.requests if "/gates?" in u)
+    got = hover_cell(page, page.locator("canvas.heatmap[data-gate=output]"), 2, 5)
+    assert float(got["value"]) == want["layers"][0]["gates"]["output"][2][5]
+    page.select_option("#gates-limit", "0")
     # Sorted by variance of the cell state: the top row is the unit Python finds too.
     page.select_option("#gates-sort", "variance")
     page.select_option("#gates-sort-gate", "cell")
+    page.wait_for_function(
+        "() => document.getElementById('gate-columns').dataset.state === 'ready' &&"
+        " document.querySelector('canvas.heatmap[data-gate=forget]').height > 16"
+    )
     cell = want["layers"][0]["gates"]["cell"]
     variances = []
     for u in range(H):
@@ -338,7 +353,7 @@ def test_api_errors_are_shown_in_place(page, server: ServerProcess) -> None:
     assert not page.rec.script_errors()
 
 
-def test_503_while_no_model_is_loaded(browser, tmp_path: Path) -> None:
+def test_503_while_no_model_is_loaded(browser, tmp_path: Path, tiny_store: Path) -> None:
     empty = ServerProcess(tmp_path / "models", "--no-bootstrap")
     try:
         empty.wait_ready(path="/healthz")
@@ -349,6 +364,12 @@ def test_503_while_no_model_is_loaded(browser, tmp_path: Path) -> None:
         assert api.status_code == 503 and api.json()["message"] in shown
         assert "503" in error_shown(page, "#banner", 503)
         shot(page, "error-503")
+        # A model lands in the store (whole, by rename): the page notices and starts over.
+        staged = tmp_path / "staged"
+        shutil.copytree(tiny_store / "lstm", staged)
+        staged.rename(empty.model_dir / "lstm")
+        page.wait_for_selector(".predict-column[data-state=ready][data-model=lstm]")
+        page.wait_for_selector("#banner", state="hidden")
         assert not page.rec.script_errors() and not page.rec.foreign()
         page.context.close()
     finally:

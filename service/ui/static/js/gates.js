@@ -12,11 +12,11 @@ export const DEFAULT_TEXT = "i grew up in france . the clouds are in the sky . i
 const ROUND = 4;
 const EXACT_UP_TO = 300_000; // values in one answer
 
-function roundingFor(model, text) {
+function roundingFor(model, text, units) {
   if (!model) return ROUND;
   const words = text.trim().split(/\s+/).length; // about the token count; errs either way a bit
   const gates = { lstm: 6, gru: 4, rnn: 1 }[model.arch] || 6;
-  return words * model.hidden_size * gates > EXACT_UP_TO ? ROUND : null;
+  return words * (units || model.hidden_size) * gates > EXACT_UP_TO ? ROUND : null;
 }
 
 function tokenStrip(tokens, unknown, cw) {
@@ -107,8 +107,15 @@ export function mount(root, ctx) {
     unitBox,
   );
 
-  let answers = []; // per column: {ref, data, flats: {gate: flat}, scales}
+  let answers = []; // per column: {ref, data, flats: {gate: flat}, scales, hiddenSize}
   let seq = 0;
+  let loadedKey = "";
+
+  // Sorting needs every unit; "top N by index" needs only the first N.
+  function fetchKey() {
+    const n = Number(limit.value);
+    return { units: sortBy.value === "index" && n > 0 ? n : 0 };
+  }
 
   function pictureLinks(ref) {
     const q = new URLSearchParams({ model: ref, text: text.value, layers: layer.value });
@@ -120,11 +127,15 @@ export function mount(root, ctx) {
     );
   }
 
-  function showUnit(col, unit) {
+  // The unit a column of the fetched rows stands for: /gates answers `units` when sliced.
+  const unitId = (data, column) => (data.units ? data.units[column] : column);
+
+  function showUnit(col, column) {
     const { data, flats } = answers[col];
+    const unit = unitId(data, column);
     const series = Object.entries(flats).map(([gate, flat]) => ({
       name: gate,
-      points: Array.from({ length: flat.T }, (_, t) => [t, flat.values[t * flat.H + unit]]),
+      points: Array.from({ length: flat.T }, (_, t) => [t, flat.values[t * flat.H + column]]),
     }));
     const title = data.arch === "lstm" ? "the cell state is the LSTM's conveyor belt" : "";
     unitBox.replaceChildren(
@@ -150,7 +161,8 @@ export function mount(root, ctx) {
     const T = data.tokens.length;
     const [cw, ch] = cellSize(T, order.length, width);
     const box = el("div", { class: "gate-column", dataset: { model: data.model, version: String(data.version) } });
-    box.append(el("h3", {}, `${data.model} v${data.version} (${data.arch}) — ${T} tokens × ${order.length} of ${flats.hidden.H} units`));
+    const total = answers[col].hiddenSize || flats.hidden.H;
+    box.append(el("h3", {}, `${data.model} v${data.version} (${data.arch}) — ${T} tokens × ${order.length} of ${total} units`));
     const layerSummary = data.summary.layers.find((l) => String(l.layer) === layer.value);
     if (layerSummary) box.append(el("div", { class: "sat" }, el("h4", {}, "saturation"), saturationChart(layerSummary)));
     for (const gate of gates) {
@@ -161,8 +173,8 @@ export function mount(root, ctx) {
       canvas.addEventListener("mousemove", (ev) => {
         const cell = cellAt(canvas, ev, cw, ch);
         if (!cell) return;
-        const unit = order[cell.r];
-        const value = flats[gate].values[cell.t * flats[gate].H + unit];
+        const unit = unitId(data, order[cell.r]);
+        const value = flats[gate].values[cell.t * flats[gate].H + order[cell.r]];
         tooltip.hidden = false;
         tooltip.textContent = `“${data.tokens[cell.t]}” (token ${cell.t}) · unit ${unit} · ${gate} = ${value}`;
         Object.assign(tooltip.dataset, { model: data.model, gate, t: cell.t, unit, value: String(value) });
@@ -203,15 +215,21 @@ export function mount(root, ctx) {
     try {
       const t0 = performance.now();
       const served = await api.servedModels().catch(() => []);
+      const infos = refs.map((ref) => served.find((m) => m.name === ref.split("@")[0]));
+      const key = fetchKey();
       const results = await Promise.all(
-        refs.map((ref) => {
+        refs.map((ref, i) => {
           const params = { model: ref, text: text.value, layers: layer.value, top_k: 5 };
-          const decimals = roundingFor(served.find((m) => m.name === ref.split("@")[0]), text.value);
+          // Units in index order, top N only: those N are all that is drawn, so fetch just them.
+          const first = key.units && infos[i] ? Math.min(key.units, infos[i].hidden_size) : 0;
+          if (first) params.units = `0-${first - 1}`;
+          const decimals = roundingFor(infos[i], text.value, first);
           if (decimals !== null) params.round = decimals;
           return api.get("/gates", params);
         }),
       );
       if (mine !== seq) return;
+      loadedKey = JSON.stringify(key);
       const fetched = performance.now();
       answers = results.map((data, i) => {
         const gatesOf = data.layers[0].gates;
@@ -221,7 +239,7 @@ export function mount(root, ctx) {
           flats[gate] = flatten(rows);
           scales[gate] = scaleOf(gate, flats[gate].values);
         }
-        return { ref: refs[i], data, flats, scales };
+        return { ref: refs[i], data, flats, scales, hiddenSize: infos[i]?.hidden_size };
       });
       const tokens = answers[0].data.tokens;
       const keep = sortToken.value;
@@ -272,7 +290,12 @@ export function mount(root, ctx) {
     });
   }
   layer.addEventListener("change", () => later.now());
-  for (const sel of [sortBy, sortGate, sortToken, limit]) sel.addEventListener("change", () => answers.length && render());
+  for (const sel of [sortBy, sortGate, sortToken, limit]) {
+    sel.addEventListener("change", () => {
+      if (JSON.stringify(fetchKey()) !== loadedKey) later.now();
+      else if (answers.length) render();
+    });
+  }
 
   return {
     async show() {
