@@ -313,8 +313,9 @@ def test_training_from_the_page(page, server: ServerProcess) -> None:
     page.click("nav a[data-view=train]")
     page.fill("#train-name", "ui-cancelled")
     page.fill("#train-epochs", "100")
+    page.fill("#train-hidden", "32")
     page.select_option("#train-source", "file")
-    corpus = (TINY_TEXT * 400).encode()
+    corpus = (TINY_TEXT * 800).encode()  # ~30k tokens an epoch: a minute of work, not seconds
     page.set_input_files(
         "#train-file", files=[{"name": "corpus.txt", "mimeType": "text/plain", "buffer": corpus}]
     )
