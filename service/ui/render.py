@@ -126,6 +126,7 @@ def to_svg(found: list[Panel], result: dict[str, Any]) -> str:
     """Labelled panels: title, gate and layer, scale, tokens along the bottom of each."""
     tokens = result["tokens"]
     units, n_tok = found[0].rgb.shape[:2]
+    ids = result.get("units") or list(range(units))  # the unit each row stands for
     sx, sy = cell_size(n_tok, units)
     width, height = n_tok * sx, units * sy
     left, label_h, tok_h = 48, 22, 70 if n_tok <= 80 else 16
@@ -145,10 +146,12 @@ def to_svg(found: list[Panel], result: dict[str, Any]) -> str:
             f'<image x="{left}" y="{y}" width="{width}" height="{height}" '
             f'style="image-rendering:pixelated" href="data:image/png;base64,{png}"/>'
         )
-        body.append(f'<text x="{left - 4}" y="{y + 10}" font-size="9" text-anchor="end">0</text>')
+        body.append(
+            f'<text x="{left - 4}" y="{y + 10}" font-size="9" text-anchor="end">{ids[0]}</text>'
+        )
         body.append(
             f'<text x="{left - 4}" y="{y + height}" font-size="9" text-anchor="end">'
-            f"{units - 1}</text>"
+            f"{ids[-1]}</text>"
         )
         y += height
         if n_tok <= 80:  # one label a token, turned to fit

@@ -109,11 +109,13 @@ async def test_png_pixels_are_the_gate_values(client: httpx.AsyncClient) -> None
 
 
 async def test_svg_is_labelled_xml(client: httpx.AsyncClient) -> None:
-    r = await client.get("/gates.svg", params={"model": "gru", "text": TEXT, "gates": "update"})
+    params = {"model": "gru", "text": TEXT, "gates": "update", "units": "3-12"}
+    r = await client.get("/gates.svg", params=params)
     assert r.status_code == 200 and r.headers["content-type"].startswith("image/svg+xml")
     root = ET.fromstring(r.text)
     texts = [t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}text")]
     assert any("update" in t and "layer 1" in t for t in texts)
+    assert "3" in texts and "12" in texts  # the first and last unit shown, not row numbers
     assert "france" in texts and "fluent" in texts
     images = list(root.iter("{http://www.w3.org/2000/svg}image"))
     assert len(images) == 2  # two layers, one gate each
