@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: install serve test lint bench system-deps clean
+.PHONY: install serve test test-portability lint bench system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,19 @@ test: install system-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# The tests marked `numerics` (trained or batched float results) once per CPU kernel family this
+# machine offers. PyTorch picks AVX-512, AVX2 or plain kernels by CPU (ATEN_CPU_CAPABILITY forces
+# one), and their results differ in the last bits: a test that holds only for one family's
+# rounding fails on another machine. This runs them all here.
+test-portability: install
+	@for cap in default avx2 avx512; do \
+	  got=$$(ATEN_CPU_CAPABILITY=$$cap $(BIN)/python -c \
+	    'import torch; print(torch.backends.cpu.get_cpu_capability().lower())'); \
+	  if [ "$$got" != "$$cap" ]; then echo "== $$cap: not offered by this CPU, skipped"; continue; fi; \
+	  echo "== ATEN_CPU_CAPABILITY=$$cap"; \
+	  ATEN_CPU_CAPABILITY=$$cap $(BIN)/python -m pytest -q -m numerics $(ARGS) || exit 1; \
+	done
 
 lint: install
 	$(BIN)/ruff check .

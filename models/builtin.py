@@ -152,6 +152,45 @@ def long_range_prefix(country: str, fillers: list[str] | tuple[str, ...]) -> str
     return LONG_RANGE_PREFIX.format(country=country, fillers=body)
 
 
+def promise_prompts() -> list[tuple[str, str]]:
+    """(prompt, language): every country with 1-4 fillers, the set the defaults are held to.
+
+    Every single filler, each filler repeated, and six random mixes per length, so the
+    promise covers both the commonest gaps and fillers the model saw rarely together.
+    """
+    rng = random.Random(7)
+    fillers: list[tuple[str, ...]] = [(f,) for f in FILLERS]
+    for k in (2, 3, 4):
+        fillers.append(("the clouds are in the sky .",) * k)
+        fillers += [tuple(rng.choice(FILLERS) for _ in range(k)) for _ in range(6)]
+    return [
+        (long_range_prefix(country, f), language)
+        for country, language in COUNTRIES
+        for f in fillers
+    ]
+
+
+def check_prompts() -> list[tuple[str, str]]:
+    """(prompt, language) held out from `promise_prompts`, for choosing weights in training.
+
+    Every country with every single filler (all 160 one-filler prompts exist in both sets:
+    there are no others) and twelve random mixes of 2, 3 and 4 fillers from a stream of its
+    own, none of which is a promise prompt.
+    """
+    promised = {p for p, _ in promise_prompts()}
+    rng = random.Random("longrange-check")
+    cases = [(long_range_prefix(c, (f,)), lang) for c, lang in COUNTRIES for f in FILLERS]
+    for country, language in COUNTRIES:
+        for k in (2, 3, 4):
+            found = 0
+            while found < 12:
+                prompt = long_range_prefix(country, [rng.choice(FILLERS) for _ in range(k)])
+                if prompt not in promised:
+                    cases.append((prompt, language))
+                    found += 1
+    return cases
+
+
 def _story(rng: random.Random) -> tuple[str, str, tuple[str, ...]]:
     country, language = rng.choice(COUNTRIES)
     gap = rng.choices(list(GAP_WEIGHTS), weights=list(GAP_WEIGHTS.values()))[0]

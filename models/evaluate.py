@@ -129,6 +129,15 @@ def long_range_accuracy(
     }
 
 
+def answer_margins(
+    model: RNNLM, tokenizer: Tokenizer, cases: Sequence[tuple[str, str]]
+) -> tuple[Tensor, Tensor]:
+    """For (prefix, answer) cases: the answer's probability and the best other word's."""
+    probs = next_word_probs(model, tokenizer, [prefix for prefix, _ in cases])
+    answer = torch.tensor([tokenizer.vocab.stoi.get(word, 0) for _, word in cases])[:, None]
+    return probs.gather(1, answer)[:, 0], probs.scatter(1, answer, 0.0).max(dim=1).values
+
+
 def agreement_accuracy(
     model: RNNLM, tokenizer: Tokenizer, examples: Sequence[AgreementExample]
 ) -> dict[str, Any]:

@@ -7,6 +7,7 @@ protocol is described there), `state` is what a checkpoint carries, `cli` is
 
 from models.evaluate import final_metrics
 
+from .check import HeldOutCheck
 from .config import (
     DEFAULT_CLIP,
     DEFAULT_LR,
@@ -26,6 +27,7 @@ from .loop import Trainer, batchify, set_gate_bias, train
 __all__ = [
     "DEFAULT_CLIP",
     "DEFAULT_LR",
+    "HeldOutCheck",
     "OPTIMIZERS",
     "RUNTIME_FIELDS",
     "SCHEDULES",

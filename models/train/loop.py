@@ -34,6 +34,7 @@ from models.evaluate import final_metrics, nll_sum
 from models.lm import RNNLM
 
 from . import state as train_state
+from .check import HeldOutCheck
 from .config import STOP_CHECKPOINT, TrainConfig, TrainingCancelled, TrainingError, TrainResult
 from .state import LoopState
 
@@ -83,8 +84,10 @@ class Trainer:
         callback: Callable[[dict[str, Any]], None] | None,
         should_stop: Callable[[], Any] | None,
         checkpoint_dir: str | None,
+        check: HeldOutCheck | None = None,
     ) -> None:
         self.cfg = cfg
+        self.check = check
         self.corpus = corpus
         self.callback = callback
         self.should_stop = should_stop
@@ -125,6 +128,10 @@ class Trainer:
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
+        # The schedule is laid over the planned steps; a check may add steps past them.
+        self.planned_steps = self.total_steps
+        self.best_check = -math.inf
+        self.check_val_ppl: float | None = None  # validation of the epoch the check chose
 
         # Everything below is saved in checkpoints.
         self.loop = LoopState()
@@ -205,9 +212,10 @@ class Trainer:
         lr = cfg.effective_lr * self.loop.lr_factor
         if cfg.warmup_steps and self.loop.step < cfg.warmup_steps:
             lr *= (self.loop.step + 1) / cfg.warmup_steps
-        if cfg.schedule == "cosine" and self.total_steps > 1:
-            start = cfg.decay_start * (self.total_steps - 1)
-            t = max(0.0, self.loop.step - start) / max(1.0, self.total_steps - 1 - start)
+        if cfg.schedule == "cosine" and self.planned_steps > 1:
+            start = cfg.decay_start * (self.planned_steps - 1)
+            t = max(0.0, self.loop.step - start) / max(1.0, self.planned_steps - 1 - start)
+            t = min(t, 1.0)  # steps a check adds run at the final lr
             lr *= cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
         return lr
 
@@ -332,9 +340,16 @@ class Trainer:
         }
         if self.loop.batch_pos < self.steps_per_epoch:
             entry["partial"] = True  # cut short by max_steps
+        if self.check is not None and self.loop.step >= self.check.start * self.planned_steps:
+            t0 = time.monotonic()
+            entry["check"] = score = self.check.evaluate(self.model)
+            self.session_eval_s += time.monotonic() - t0
+            if score > self.best_check:
+                self.best_check, self.check_val_ppl = score, val_ppl
+                self.best_state = {k: v.detach().to("cpu").clone() for k, v in self._weights()}
         if val_ppl < self.loop.best_val * (1 - 1e-4):
             self.loop.best_val = val_ppl
-            if self.cfg.keep_best:
+            if self.cfg.keep_best and self.check is None:
                 self.best_state = {k: v.detach().to("cpu").clone() for k, v in self._weights()}
             self.loop.bad_epochs = 0
         else:
@@ -374,7 +389,9 @@ class Trainer:
                     self._end_epoch()
                     continue
                 if self.loop.step >= self.total_steps or self.loop.stopped_early:
-                    break
+                    if not self._extend_for_check():
+                        break
+                    continue
                 self._poll()
                 self._train_step()
                 now = time.monotonic()
@@ -387,6 +404,18 @@ class Trainer:
                 self.bar.close()
         return self._finish()
 
+    def _extend_for_check(self) -> bool:
+        """Plan one more epoch when the check has not passed yet and its extra steps allow."""
+        if self.check is None or self.best_check >= 1.0 or self.loop.stopped_early:
+            return False
+        limit = min(
+            self.planned_steps + self.check.extra_steps, self.cfg.epochs * self.steps_per_epoch
+        )
+        if self.total_steps >= limit:
+            return False
+        self.total_steps = min(limit, self.total_steps + self.steps_per_epoch)
+        return True
+
     def _finish(self) -> TrainResult:
         if self.best_state is not None:
             state = dict(self.best_state)
@@ -397,6 +426,8 @@ class Trainer:
         self.model.eval()
         last_val = self.loop.history[-1]["val_ppl"] if self.loop.history else None
         val_ppl = self.loop.best_val if self.cfg.keep_best else last_val
+        if self.check_val_ppl is not None:
+            val_ppl = self.check_val_ppl
         metrics = final_metrics(self.model, self.corpus, self.cfg, val_ppl=val_ppl)
         last = self.loop.history[-1] if self.loop.history else {}
         metrics.update(
@@ -410,6 +441,8 @@ class Trainer:
             batch_size=self.batch_size,
             stopped_early=self.loop.stopped_early,
         )
+        if self.check is not None:
+            metrics["check_score"] = self.best_check
         if self.callback is not None:
             info = self._progress("done", last.get("train_loss"))
             info.update(val_ppl=metrics["val_ppl"], progress=1.0, eta_s=0.0)
@@ -429,12 +462,19 @@ def train(
     callback: Callable[[dict[str, Any]], None] | None = None,
     should_stop: Callable[[], Any] | None = None,
     checkpoint_dir: str | None = None,
+    check: HeldOutCheck | None = None,
 ) -> TrainResult:
-    """Train a model on `corpus` (built with `cfg.corpus_options()`). See the module doc."""
+    """Train a model on `corpus` (built with `cfg.corpus_options()`). See the module doc.
+
+    `check` (models.train.check) picks the weights kept by a held-out score; its state lives
+    in this call only, so it cannot be combined with a resumable `checkpoint_dir`.
+    """
+    if check is not None and checkpoint_dir is not None:
+        raise ValueError("a held-out check cannot be resumed from a checkpoint")
     threads_before = torch.get_num_threads()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     try:
-        return Trainer(cfg, corpus, callback, should_stop, checkpoint_dir).run()
+        return Trainer(cfg, corpus, callback, should_stop, checkpoint_dir, check).run()
     finally:
         torch.set_num_threads(threads_before)

@@ -1,15 +1,13 @@
 """The embedded defaults, trained once (about a minute): the long-range example must work."""
 
-import itertools
 import math
-import random
 from pathlib import Path
 
 import pytest
 import torch
 
 from models import store
-from models.builtin import COUNTRIES, FILLERS, long_range_prefix
+from models.builtin import promise_prompts
 from models.defaults import DEFAULT_NAMES, train_defaults
 from models.evaluate import next_word_probs
 
@@ -20,19 +18,6 @@ def trained(tmp_path_factory) -> tuple[Path, list, list[str]]:
     lines: list[str] = []
     saved = train_defaults(model_dir, log=lines.append)
     return model_dir, saved, lines
-
-
-def prompts() -> list[tuple[str, str]]:
-    """(prompt, language) for every country with 1-4 fillers from the pool."""
-    rng = random.Random(7)
-    fillers: list[tuple[str, ...]] = [(f,) for f in FILLERS]  # every single filler
-    for k in (2, 3, 4):
-        fillers.append(("the clouds are in the sky .",) * k)
-        fillers += [tuple(rng.choice(FILLERS) for _ in range(k)) for _ in range(6)]
-    return [
-        (long_range_prefix(country, f), language)
-        for (country, language), f in itertools.product(COUNTRIES, fillers)
-    ]
 
 
 def test_three_models_are_saved_with_metrics(trained) -> None:
@@ -51,7 +36,7 @@ def test_three_models_are_saved_with_metrics(trained) -> None:
 def test_long_range_language_comes_first_with_a_clear_margin(trained, name: str) -> None:
     model_dir, _, _ = trained
     loaded = store.load_version(model_dir, name)
-    cases = prompts()
+    cases = promise_prompts()
     probs = next_word_probs(loaded.model, loaded.tokenizer, [p for p, _ in cases])
     stoi = loaded.tokenizer.vocab.stoi
     failures = []
