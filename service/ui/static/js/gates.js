@@ -67,10 +67,10 @@ function saturationChart(summary) {
   return chart;
 }
 
-export function mount(root, ctx) {
+export function mount(root) {
   const text = el("textarea", { rows: 2, id: "gates-text", spellcheck: "false" }, DEFAULT_TEXT);
-  const pickA = modelPicker(ctx, "lstm", { id: "gates-model" });
-  const pickB = modelPicker(ctx, "", { id: "gates-compare", none: "— none —" });
+  const pickA = modelPicker("lstm", { id: "gates-model" });
+  const pickB = modelPicker("", { id: "gates-compare", none: "— none —" });
   const layer = el("select", { id: "gates-layer" }, el("option", { value: "0" }, "0"));
   const sortBy = el("select", { id: "gates-sort" }, Object.entries(SORTS).map(([k, v]) => el("option", { value: k }, v)));
   const sortGate = el("select", { id: "gates-sort-gate" });
@@ -302,11 +302,6 @@ export function mount(root, ctx) {
       await Promise.all([pickA.ready, pickB.ready]);
       await updateLayers();
       if (!answers.length) load();
-    },
-    setText(value, ref) {
-      text.value = value;
-      if (ref) pickA.select.value = ref;
-      load();
     },
   };
 }

@@ -2,7 +2,7 @@
 import * as api from "./api.js";
 import { el } from "./dom.js";
 
-export function modelPicker(ctx, preferred, { id, none = null } = {}) {
+export function modelPicker(preferred, { id, none = null } = {}) {
   const select = el("select", { id, class: "model-picker" });
 
   async function fill(refresh) {
@@ -22,5 +22,5 @@ export function modelPicker(ctx, preferred, { id, none = null } = {}) {
 
   const ready = fill(false);
   window.addEventListener("gatehouse:models", () => fill(true));
-  return { select, ready, fill };
+  return { select, ready };
 }

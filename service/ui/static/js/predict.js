@@ -18,15 +18,14 @@ function markedTokens(tokens, unknown) {
   );
 }
 
-export function mount(root, ctx) {
+export function mount(root) {
   const text = el("textarea", { rows: 3, id: "predict-text", spellcheck: "false" }, DEFAULT_TEXT);
   const columns = el("div", { class: "predict-columns", id: "predict-columns" });
   const add = el("button", { type: "button", id: "predict-add" }, "+ model");
   const columnsState = [];
-  let pending = 0;
 
   function addColumn(preferred) {
-    const picker = modelPicker(ctx, preferred, { id: null });
+    const picker = modelPicker(preferred, { id: null });
     const result = el("div", { class: "result" });
     const error = el("div", { class: "error", role: "alert", hidden: true });
     const close = el("button", { type: "button", class: "close", title: "remove" }, "×");
@@ -47,7 +46,6 @@ export function mount(root, ctx) {
     const value = text.value;
     const ref = column.picker.select.value;
     column.box.dataset.state = "loading";
-    pending++;
     try {
       const r = await api.post("/predict", { text: value, model: ref || undefined, top_k: TOP_K });
       if (mine !== column.seq) return;
@@ -65,8 +63,6 @@ export function mount(root, ctx) {
       column.result.replaceChildren();
       api.showError(column.error, err);
       Object.assign(column.box.dataset, { text: value, state: "error" });
-    } finally {
-      pending--;
     }
   }
 
@@ -105,6 +101,5 @@ export function mount(root, ctx) {
       await Promise.all(columnsState.map((c) => c.picker.ready));
       askAll();
     },
-    pending: () => pending,
   };
 }
