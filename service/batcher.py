@@ -165,6 +165,7 @@ class DynamicBatcher(Generic[K, I, R]):
         return max(1, math.ceil(batches_ahead * self._batch_s))
 
     def _note_batch_time(self, seconds: float) -> None:
+        """Moving average of one batch's compute time, for Retry-After."""
         self._batch_s = seconds if self._batch_s == 0 else 0.8 * self._batch_s + 0.2 * seconds
 
     def _ensure_dispatcher(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -216,9 +217,7 @@ class DynamicBatcher(Generic[K, I, R]):
             # Closed-loop clients answered now send their next request within milliseconds.
             self._expect = min(self.max_batch_size, len(batch) + self._queued)
             self._idle_since = time.perf_counter()
-            self._batch_s = (
-                compute_s if self._batch_s == 0 else 0.8 * self._batch_s + 0.2 * compute_s
-            )
+            self._note_batch_time(compute_s)
             for p, outcome in zip(batch, outcomes, strict=True):
                 if p.future.done():
                     continue  # its request was cancelled meanwhile
@@ -302,9 +301,7 @@ class DynamicBatcher(Generic[K, I, R]):
             )
         finally:
             self._queued -= n
-        self._batch_s = (
-            compute_s / n if self._batch_s == 0 else 0.8 * self._batch_s + 0.2 * compute_s / n
-        )
+        self._note_batch_time(compute_s / n)
         for i in range(n):
             self._report(key, [items[i]], [started - enqueued], compute_s / n)
         for outcome in outcomes:
