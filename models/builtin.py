@@ -171,7 +171,7 @@ def promise_prompts() -> list[tuple[str, str]]:
 
 
 def check_prompts() -> list[tuple[str, str]]:
-    """(prompt, language) held out from `promise_prompts`, for choosing weights in training.
+    """(prompt, language) beside `promise_prompts`, for choosing weights in training.
 
     Every country with every single filler (all 160 one-filler prompts exist in both sets:
     there are no others) and twelve random mixes of 2, 3 and 4 fillers from a stream of its

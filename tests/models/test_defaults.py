@@ -11,6 +11,8 @@ from models.builtin import promise_prompts
 from models.defaults import DEFAULT_NAMES, train_defaults
 from models.evaluate import next_word_probs
 
+pytestmark = pytest.mark.numerics
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, list, list[str]]:

@@ -15,6 +15,8 @@ from models.evaluate import (
 from models.lm import RNNLM, ModelConfig
 from models.tokenizer import Tokenizer, Vocab
 
+pytestmark = pytest.mark.numerics
+
 
 def uniform_model(vocab_size: int, arch: str = "lstm") -> RNNLM:
     model = RNNLM(ModelConfig(arch=arch, vocab_size=vocab_size, embedding_size=8, hidden_size=8))

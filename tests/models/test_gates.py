@@ -9,6 +9,8 @@ from torch import Tensor
 from models.gates import GATE_KEYS, GateTrace, inspect, summary
 from models.lm import RNNLM, ModelConfig
 
+pytestmark = pytest.mark.numerics
+
 ARCHS = ("rnn", "lstm", "gru")
 TOL = 1e-5
 VOCAB, EMB, HID, LAYERS, STEPS = 37, 12, 16, 3, 25

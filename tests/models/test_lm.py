@@ -8,6 +8,8 @@ from torch import Tensor
 
 from models.lm import RNNLM, ModelConfig, tune_decoder
 
+pytestmark = pytest.mark.numerics
+
 ARCHS = ("rnn", "lstm", "gru")
 TOL = 1e-5
 VOCAB = 29

@@ -21,6 +21,8 @@ from models.train import (
 )
 from models.trainer import set_gate_bias
 
+pytestmark = pytest.mark.numerics
+
 TIMING_KEYS = {"tokens_per_s", "seconds"}
 
 

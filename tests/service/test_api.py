@@ -6,6 +6,8 @@ import math
 
 import pytest
 
+pytestmark = pytest.mark.numerics
+
 CONTRACT_MODEL_FIELDS = {
     "name", "arch", "version", "default", "device", "params", "vocab_size",
     "embedding_size", "hidden_size", "num_layers", "metrics",

@@ -21,6 +21,8 @@ from service.steps import Step, StepResult, run_steps, warm_up
 from tests.helpers import save_tiny_model
 from tests.service.conftest import make_settings
 
+pytestmark = pytest.mark.numerics
+
 VOCAB = 40
 
 

@@ -14,6 +14,8 @@ import pytest
 from models.builtin import COUNTRIES, FILLERS, long_range_prefix
 from tests.helpers import REPO, ServerProcess
 
+pytestmark = pytest.mark.numerics
+
 
 @pytest.fixture(scope="module")
 def bootstrapped(tmp_path_factory: pytest.TempPathFactory):

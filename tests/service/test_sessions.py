@@ -18,6 +18,8 @@ from service.steps import Step, StepResult, run_steps
 from tests.helpers import tiny_tokenizer
 from tests.service.conftest import make_settings
 
+pytestmark = pytest.mark.numerics
+
 PIECES = ["i grew up", "in france .", "the clouds are in the", "sky . i speak", "fluent"]
 
 

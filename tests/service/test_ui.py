@@ -20,6 +20,8 @@ import pytest
 
 from tests.helpers import REPO, TINY_TEXT, ServerProcess
 
+pytestmark = pytest.mark.numerics
+
 CHROMIUM = os.environ.get("GATEHOUSE_CHROMIUM", "/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (make system-deps)"
