@@ -89,10 +89,6 @@ def load_checkpoint_state(directory: str | os.PathLike[str]) -> dict[str, Any] |
     return state if isinstance(state, dict) else None
 
 
-def remove_checkpoint(directory: str | os.PathLike[str]) -> None:
-    checkpoint_path(directory).unlink(missing_ok=True)
-
-
 def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Split an optimizer's state_dict into tensors and JSON-able values."""
     sd = opt.state_dict()
