@@ -3,17 +3,26 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 ARGS   ?=
 
-.PHONY: install serve test test-portability lint bench system-deps clean
+.PHONY: install install-test serve test test-portability lint bench system-deps clean
 
+# Serving needs the runtime dependencies only; the test extras (schemathesis, hypothesis,
+# playwright, ...) come with the first target that runs tests or the linter.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e .
 	touch $(STAMP)
 
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(TEST_STAMP)
+
 install: $(STAMP)
+
+install-test: $(TEST_STAMP)
 
 serve: install
 	$(BIN)/python -m service $(ARGS)
@@ -31,7 +40,7 @@ system-deps:
 	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
 	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; }
 
-test: install system-deps
+test: install-test system-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q $(ARGS)
@@ -40,7 +49,7 @@ test: install system-deps
 # machine offers. PyTorch picks AVX-512, AVX2 or plain kernels by CPU (ATEN_CPU_CAPABILITY forces
 # one), and their results differ in the last bits: a test that holds only for one family's
 # rounding fails on another machine. This runs them all here.
-test-portability: install
+test-portability: install-test
 	@for cap in default avx2 avx512; do \
 	  got=$$(ATEN_CPU_CAPABILITY=$$cap $(BIN)/python -c \
 	    'import torch; print(torch.backends.cpu.get_cpu_capability().lower())'); \
@@ -49,11 +58,11 @@ test-portability: install
 	  ATEN_CPU_CAPABILITY=$$cap $(BIN)/python -m pytest -q -m numerics $(ARGS) || exit 1; \
 	done
 
-lint: install
+lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-bench: install system-deps
+bench: install-test system-deps
 	$(BIN)/python -m bench $(ARGS)
 
 clean:

@@ -136,6 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_upload_bytes=settings.max_corpus_bytes + 64 * 1024,
     )
     metrics.install(app)
+    metrics.set_batch_limit(settings.max_batch_size)
     logs.install(app)
     install_ui(app, settings)  # last: its CORS layer must wrap every response, errors too
     return app

@@ -297,6 +297,7 @@ class Trainer:
             "ppl": _ppl(loss) if loss is not None else None,
             "lr": self._lr(),
             "tokens_per_s": tps,
+            "tokens": self.session_tokens,  # trained on since this session (re)started
             "elapsed_s": self.elapsed_before + time.monotonic() - self.session_start,
             "eta_s": per_step * (self.total_steps - self.loop.step),
             "progress": self.loop.step / self.total_steps if self.total_steps else 1.0,

@@ -79,6 +79,8 @@ class Run:
     timed_out: bool = False
     outcome: dict[str, Any] | None = None
     trained: bool = False  # a training step was reported: a checkpoint now would save work
+    counted_step: int = 0  # step and session tokens already added to the metrics counters
+    counted_tokens: int = 0
     last_write: float = 0.0
     done: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -163,6 +165,7 @@ class Run:
             row.config = event.get("config")
             step = event.get("resumed_step")
             row.resumed_step = step if isinstance(step, int) else None
+            self.counted_step = row.resumed_step or 0
             await self._write(config=row.config, resumed_step=row.resumed_step)
             if row.resumed_step is not None:
                 log.info("job %s resumes from its checkpoint at step %d", row.id, step)
@@ -199,6 +202,11 @@ class Run:
             "progress",
             {"job_id": row.id, "status": "running", "progress": row.progress, **row.metrics},
         )
+        step, tokens = info.get("step"), info.get("tokens")
+        new_steps = step - self.counted_step if isinstance(step, int) else 0
+        new_tokens = tokens - self.counted_tokens if isinstance(tokens, int) else 0
+        self.counted_step += max(new_steps, 0)
+        self.counted_tokens += max(new_tokens, 0)
         metrics.job_progress(
             row.id,
             row.name,
@@ -206,7 +214,8 @@ class Run:
             row.progress,
             row.metrics.get("loss"),
             row.metrics.get("val_ppl"),
-            row.metrics.get("tokens_per_s"),
+            tokens=new_tokens,
+            steps=new_steps,
         )
         if epoch_end or time.monotonic() - self.last_write >= DB_WRITE_INTERVAL_S:
             await self._write(progress=row.progress, metrics=row.metrics, history=row.history)

@@ -29,17 +29,20 @@ from .http import (
     route_template,
 )
 from .recorders import (
+    FINISHED_JOBS_KEPT,
     job_finished,
     job_progress,
     model_load_failed,
     model_loaded,
     model_unloaded,
     observe_batch,
+    set_batch_limit,
     set_jobs_by_state,
     set_sessions_active,
 )
 
 __all__ = [
+    "FINISHED_JOBS_KEPT",
     "JOB_END_STATES",
     "JOB_STATES",
     "LOAD_FAILURE_REASONS",
@@ -58,6 +61,7 @@ __all__ = [
     "observe_batch",
     "render",
     "route_template",
+    "set_batch_limit",
     "set_jobs_by_state",
     "set_sessions_active",
 ]

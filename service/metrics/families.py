@@ -119,6 +119,11 @@ BATCH_SIZE = Histogram(
     buckets=BATCH_BUCKETS,
     registry=REGISTRY,
 )
+BATCH_LIMIT = Gauge(
+    "gatehouse_batch_size_limit",
+    "Most requests the dynamic batcher puts in one forward pass (--max-batch-size).",
+    registry=REGISTRY,
+)
 SESSIONS_ACTIVE = Gauge(
     "gatehouse_sessions_active",
     "Server-held recurrent sessions alive now.",
@@ -183,9 +188,17 @@ JOB_VAL_PPL = Gauge(
     JOB_LABELS,
     registry=REGISTRY,
 )
-JOB_TOKENS_PER_S = Gauge(
-    "gatehouse_training_job_tokens_per_second",
-    "Training throughput of a running job.",
+# Counters, not a throughput gauge: rate() gives tokens/s over any window, and sums across jobs
+# and replicas stay right.
+JOB_TOKENS = Counter(
+    "gatehouse_training_job_tokens",
+    "Tokens a job has trained on in this server process (target tokens of its training steps).",
+    JOB_LABELS,
+    registry=REGISTRY,
+)
+JOB_STEPS = Counter(
+    "gatehouse_training_job_steps",
+    "Optimizer steps a job has taken in this server process.",
     JOB_LABELS,
     registry=REGISTRY,
 )

@@ -7,11 +7,13 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client import generate_latest
+from prometheus_client.exposition import choose_encoder
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .exemplars import exemplar_labels, trace_id_from
 from .families import (
     HTTP_DURATION,
     HTTP_IN_FLIGHT,
@@ -73,13 +75,16 @@ class MetricsMiddleware:
         start = time.perf_counter()
         status = 500
         recorded = started = streaming = False
+        trace_id = trace_id_from(scope)
         HTTP_IN_FLIGHT.inc()
 
         def record() -> None:
             nonlocal recorded
             recorded = True
+            # The request id is set by the access-log middleware, which wraps this one.
+            request_id = (scope.get("state") or {}).get("request_id")
             HTTP_DURATION.labels(route_template(scope), method, str(status)).observe(
-                time.perf_counter() - start
+                time.perf_counter() - start, exemplar_labels(request_id, trace_id)
             )
             HTTP_RESPONSES.labels(f"{status // 100}xx").inc()
 
@@ -119,12 +124,14 @@ def _is_event_stream(headers: Iterable[tuple[bytes, bytes]]) -> bool:
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    """Prometheus text exposition format 0.0.4, understood by every Prometheus version."""
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_PLAIN_0_0_4)
+    """OpenMetrics (with exemplars) to a scraper whose `Accept` asks for it, as Prometheus does;
+    the 0.0.4 text format, understood by every Prometheus version, to everyone else."""
+    encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(encoder(REGISTRY), headers={"content-type": content_type})
 
 
 def render() -> bytes:
-    """The exposition text, for callers outside HTTP (tests, debugging)."""
+    """The 0.0.4 exposition text, for callers outside HTTP (tests, debugging)."""
     return generate_latest(REGISTRY)
 
 

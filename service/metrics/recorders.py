@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections import deque
 from collections.abc import Mapping, Sequence
 
+from prometheus_client.metrics import MetricWrapperBase
+
 from .families import (
+    BATCH_LIMIT,
     BATCH_SIZE,
     INFERENCE_COMPUTE,
     INFERENCE_DURATION,
@@ -20,7 +24,8 @@ from .families import (
     JOB_LOSS,
     JOB_PROGRESS,
     JOB_STATES,
-    JOB_TOKENS_PER_S,
+    JOB_STEPS,
+    JOB_TOKENS,
     JOB_VAL_PPL,
     JOBS,
     LOAD_FAILURE_REASONS,
@@ -40,6 +45,10 @@ _lock = threading.Lock()
 _models: dict[str, tuple[str, int, str]] = {}
 # job_id -> (model, arch) of its progress series, so they can be dropped when it ends.
 _jobs: dict[str, tuple[str, str]] = {}
+# A finished job's counters stay a while, so the scrape after its end still reads its last
+# increments; only this many, oldest dropped first, so job_id labels never pile up.
+FINISHED_JOBS_KEPT = 16
+_finished: deque[tuple[str, str, str]] = deque()
 
 
 def _nonneg(x: float) -> float:
@@ -72,6 +81,11 @@ def observe_batch(
         total.observe(wait + compute_s)
     PREDICTIONS.labels(*labels).inc(len(waits))
     TOKENS.labels(*labels).inc(sum(_nonneg(n) for n in tokens))
+
+
+def set_batch_limit(n: int) -> None:
+    """The batcher's most requests per forward pass: the denominator of batch fill."""
+    BATCH_LIMIT.set(max(n, 0))
 
 
 def set_sessions_active(model: str, n: int) -> None:
@@ -147,37 +161,50 @@ def job_progress(
     progress: float,
     loss: float | None,
     val_ppl: float | None,
-    tokens_per_s: float | None,
+    tokens: float = 0,
+    steps: float = 0,
 ) -> None:
-    """Update a running job's gauges; a None value leaves that gauge as it was."""
+    """Update a running job's gauges (a None value leaves that gauge as it was) and add the
+    `tokens` and `steps` trained since its previous report to its counters."""
     labels = (job_id, model, arch)
     with _lock:
         old = _jobs.get(job_id)
         if old is not None and old != (model, arch):
-            _remove_job_series(job_id, *old)
+            _remove_series(_GAUGES + _COUNTERS, job_id, *old)
         _jobs[job_id] = (model, arch)
         JOB_PROGRESS.labels(*labels).set(min(max(progress, 0.0), 1.0))
-        for gauge, value in (
-            (JOB_LOSS, loss),
-            (JOB_VAL_PPL, val_ppl),
-            (JOB_TOKENS_PER_S, tokens_per_s),
-        ):
+        for gauge, value in ((JOB_LOSS, loss), (JOB_VAL_PPL, val_ppl)):
             if value is not None:
                 gauge.labels(*labels).set(value)
+        # Created at zero on the first report, so rate() has a starting point.
+        JOB_TOKENS.labels(*labels).inc(_nonneg(tokens))
+        JOB_STEPS.labels(*labels).inc(_nonneg(steps))
 
 
-def _remove_job_series(job_id: str, model: str, arch: str) -> None:
-    for gauge in (JOB_PROGRESS, JOB_LOSS, JOB_VAL_PPL, JOB_TOKENS_PER_S):
+_GAUGES = (JOB_PROGRESS, JOB_LOSS, JOB_VAL_PPL)
+_COUNTERS = (JOB_TOKENS, JOB_STEPS)
+
+
+def _remove_series(
+    families: tuple[MetricWrapperBase, ...], job_id: str, model: str, arch: str
+) -> None:
+    for family in families:
         with contextlib.suppress(KeyError):  # no progress reported yet
-            gauge.remove(job_id, model, arch)
+            family.remove(job_id, model, arch)
 
 
 def job_finished(job_id: str, status: str, duration_s: float) -> None:
-    """Record the job's duration by final status and drop its per-job series (bounded labels)."""
+    """Record the job's duration by final status and drop its gauges; its counters are kept
+    for the last FINISHED_JOBS_KEPT finished jobs (bounded labels)."""
     with _lock:
         old = _jobs.pop(job_id, None)
         if old is not None:
-            _remove_job_series(job_id, *old)
+            _remove_series(_GAUGES, job_id, *old)
+            _finished.append((job_id, *old))
+            while len(_finished) > FINISHED_JOBS_KEPT:
+                gone = _finished.popleft()
+                if gone[0] not in _jobs:  # not running again meanwhile
+                    _remove_series(_COUNTERS, *gone)
     if status not in JOB_END_STATES:
         status = "failed"
     JOB_DURATION.labels(status).observe(_nonneg(duration_s))

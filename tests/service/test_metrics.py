@@ -13,10 +13,14 @@ import httpx
 import pytest
 import torch
 from fastapi import FastAPI
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
-from service import metrics
+from service import logs, metrics
 from service.metrics import REGISTRY, MetricsMiddleware
+from service.metrics.exemplars import exemplar_labels, trace_id_from
 
 
 def value(name: str, **labels: str) -> float:
@@ -302,20 +306,130 @@ def test_sessions_and_job_states() -> None:
     assert value("gatehouse_training_jobs", state="queued") == 1
 
 
-def test_job_progress_series_are_dropped_when_the_job_ends() -> None:
+def test_job_progress_gauges_go_and_counters_add_up() -> None:
     job = uuid.uuid4().hex
     lab = {"job_id": job, "model": "my-gru", "arch": "gru"}
-    metrics.job_progress(job, "my-gru", "gru", 0.25, loss=5.5, val_ppl=None, tokens_per_s=900.0)
+    metrics.job_progress(job, "my-gru", "gru", 0.25, loss=5.5, val_ppl=None, tokens=640, steps=4)
     assert value("gatehouse_training_job_progress_ratio", **lab) == 0.25
     assert value("gatehouse_training_job_loss", **lab) == 5.5
     assert REGISTRY.get_sample_value("gatehouse_training_job_validation_perplexity", lab) is None
-    metrics.job_progress(job, "my-gru", "gru", 0.5, loss=4.0, val_ppl=120.0, tokens_per_s=None)
+    metrics.job_progress(job, "my-gru", "gru", 0.5, loss=4.0, val_ppl=120.0, tokens=320, steps=2)
+    metrics.job_progress(job, "my-gru", "gru", 0.5, loss=None, val_ppl=None, tokens=-5, steps=0)
     assert value("gatehouse_training_job_validation_perplexity", **lab) == 120.0
-    assert value("gatehouse_training_job_tokens_per_second", **lab) == 900.0
+    assert value("gatehouse_training_job_loss", **lab) == 4.0
+    assert value("gatehouse_training_job_tokens_total", **lab) == 960  # a negative adds nothing
+    assert value("gatehouse_training_job_steps_total", **lab) == 6
     before = value("gatehouse_training_job_duration_seconds_count", status="succeeded")
     metrics.job_finished(job, "succeeded", 42.0)
     assert value("gatehouse_training_job_duration_seconds_count", status="succeeded") == before + 1
-    assert job not in metrics.render().decode()
+    # The gauges go at once; the counters stay for the next scrape to read their last value.
+    assert REGISTRY.get_sample_value("gatehouse_training_job_progress_ratio", lab) is None
+    assert value("gatehouse_training_job_tokens_total", **lab) == 960
+    assert "gatehouse_training_job_tokens_per_second" not in metrics.render().decode()
+
+
+def test_finished_jobs_counters_are_bounded() -> None:
+    jobs = [uuid.uuid4().hex for _ in range(metrics.FINISHED_JOBS_KEPT + 3)]
+    for job in jobs:
+        metrics.job_progress(job, "m", "rnn", 1.0, loss=None, val_ppl=None, tokens=10, steps=1)
+        metrics.job_finished(job, "cancelled", 1.0)
+    text = metrics.render().decode()
+    assert [job in text for job in jobs] == [False] * 3 + [True] * metrics.FINISHED_JOBS_KEPT
+
+
+def test_batch_limit_gauge() -> None:
+    metrics.set_batch_limit(48)
+    assert value("gatehouse_batch_size_limit") == 48
+
+
+# Exemplars and OpenMetrics.
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+@pytest.mark.parametrize(
+    ("header", "trace_id"),
+    [
+        (f"00-{TRACE}-00f067aa0ba902b7-01", TRACE),
+        (f" 00-{TRACE}-00f067aa0ba902b7-00 ", TRACE),  # surrounding blanks are tolerated
+        (f"01-{TRACE}-00f067aa0ba902b7-01-future-field", TRACE),  # later versions may extend
+        (f"00-{TRACE}-00f067aa0ba902b7-01-extra", None),  # version 00 may not
+        (f"ff-{TRACE}-00f067aa0ba902b7-01", None),  # version ff is invalid
+        (f"00-{'0' * 32}-00f067aa0ba902b7-01", None),  # all-zero trace id
+        (f"00-{TRACE}-{'0' * 16}-01", None),  # all-zero parent id
+        (f"00-{TRACE.upper()}-00f067aa0ba902b7-01", None),  # upper-case hex
+        (f"00-{TRACE[:-1]}-00f067aa0ba902b7-01", None),
+        ("garbage", None),
+    ],
+)
+def test_traceparent_parsing(header: str, trace_id: str | None) -> None:
+    scope = {"headers": [(b"traceparent", header.encode())]}
+    assert trace_id_from(scope) == trace_id
+
+
+def test_exemplar_labels_stay_within_the_openmetrics_cap() -> None:
+    assert exemplar_labels("abc", None) == {"request_id": "abc"}
+    assert exemplar_labels(None, TRACE) == {"trace_id": TRACE}
+    assert exemplar_labels(None, None) is None
+    fits = "r" * (128 - len("request_id") - len("trace_id") - 32)
+    assert exemplar_labels(fits, TRACE) == {"trace_id": TRACE, "request_id": fits}
+    # One character more: the id is left out whole, never cut.
+    assert exemplar_labels(fits + "r", TRACE) == {"trace_id": TRACE}
+    assert exemplar_labels("r" * 118, None) == {"request_id": "r" * 118}
+
+
+OPENMETRICS = "application/openmetrics-text; version=1.0.0"
+
+
+async def test_openmetrics_is_negotiated_and_carries_exemplars() -> None:
+    app = make_app()
+    logs.install(app)  # sets the request id the exemplar names
+    rid = uuid.uuid4().hex
+    headers = {"x-request-id": rid, "traceparent": f"00-{TRACE}-00f067aa0ba902b7-01"}
+    async with client(app) as c:
+        assert (await c.get("/items/7", headers=headers)).status_code == 200
+        plain = await c.get("/metrics")
+        om = await c.get("/metrics", headers={"accept": OPENMETRICS})
+    assert plain.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert "# EOF" not in plain.text and rid not in plain.text
+    assert om.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert om.text.endswith("# EOF\n")
+    families = {f.name: f for f in openmetrics_families(om.text)}
+    hist = families["gatehouse_http_request_duration_seconds"]
+    found = [
+        s.exemplar
+        for s in hist.samples
+        if s.exemplar is not None and s.labels.get("route") == "/items/{item_id}"
+    ]
+    assert any(e.labels == {"request_id": rid, "trace_id": TRACE} for e in found), found
+    # Counters keep their _total sample names, so queries are the same in both formats.
+    assert any(
+        s.name == "gatehouse_http_responses_total"
+        for s in families["gatehouse_http_responses"].samples
+    )
+
+
+async def test_no_exemplar_without_a_request_id_or_a_valid_trace() -> None:
+    app = FastAPI()
+    path = f"/solo-{uuid.uuid4().hex[:8]}"  # a route of its own: its buckets start empty
+
+    @app.get(path)
+    async def solo() -> dict[str, bool]:
+        return {"ok": True}
+
+    metrics.install(app)  # no access-log middleware: no request id
+    bad_trace = f"00-{'0' * 32}-00f067aa0ba902b7-01"
+    async with client(app) as c:
+        assert (await c.get(path, headers={"traceparent": bad_trace})).status_code == 200
+        om = await c.get("/metrics", headers={"accept": OPENMETRICS})
+    (hist,) = (
+        f
+        for f in openmetrics_families(om.text)
+        if f.name == "gatehouse_http_request_duration_seconds"
+    )
+    mine = [s for s in hist.samples if s.labels.get("route") == path]
+    assert any(s.name.endswith("_count") and s.value == 1 for s in mine)
+    assert [s.exemplar for s in mine] == [None] * len(mine)
 
 
 def test_process_and_cuda_families_are_exported() -> None:

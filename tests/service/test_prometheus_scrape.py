@@ -1,5 +1,6 @@
 """`/metrics` of a real `python -m service`: exact counts, promtool, the dashboard's and alerts'
-metric names, and a real Prometheus server scraping it on loopback."""
+metric names, OpenMetrics with exemplars, training counters, and a real Prometheus server
+scraping it on loopback (OpenMetrics negotiated, exemplars stored, recording rules evaluated)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import TINY_TEXT, ServerProcess, free_port
@@ -24,6 +28,14 @@ DASHBOARD = ROOT / "docker" / "grafana" / "dashboards" / "gatehouse.json"
 ALERTS = ROOT / "docker" / "alerts.yml"
 # Series Prometheus itself adds to every target.
 SYNTHETIC = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
+# What Prometheus 2.x sends: OpenMetrics first, the 0.0.4 text format as the fallback.
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+TRACE = "0af7651916cd43dd8448eb211c80319c"
+# Dashboard variables, as Grafana would fill them with "All".
+DASHBOARD_VARIABLES = {"$__rate_interval": "1m", "$model": ".*", "$job": ".*", "$instance": ".*"}
 PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "offset",
                    "bool", "and", "or", "unless", "inf", "nan", "atan2"}  # fmt: skip
 
@@ -213,6 +225,12 @@ def dashboard_variable_queries() -> list[str]:
     return [v["definition"] for v in dash["templating"]["list"] if v["type"] == "query"]
 
 
+def fill(expr: str) -> str:
+    for name, value in DASHBOARD_VARIABLES.items():
+        expr = expr.replace(name, value)
+    return expr
+
+
 def alert_exprs() -> list[str]:
     groups = yaml.safe_load(ALERTS.read_text())["groups"]
     return [rule["expr"] for g in groups for rule in g["rules"]]
@@ -229,8 +247,14 @@ def test_name_extraction() -> None:
     assert exported_names(text) == {"h", "h_bucket", "h_sum", "h_count", "c_total"}
 
 
+def recorded_names() -> set[str]:
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    return {rule["record"] for g in groups for rule in g["rules"] if "record" in rule}
+
+
 def test_every_dashboard_and_alert_query_names_exported_metrics(server: ServerProcess) -> None:
-    exported = exported_names(scrape(server)) | SYNTHETIC
+    # Recording rules may read the series other rules record; nothing else is allowed.
+    exported = exported_names(scrape(server)) | SYNTHETIC | recorded_names()
     exprs = dashboard_exprs() + alert_exprs()
     assert len(exprs) > 20
     for expr in exprs:
@@ -238,7 +262,7 @@ def test_every_dashboard_and_alert_query_names_exported_metrics(server: ServerPr
         assert names, f"no metric in {expr!r}"
         assert names <= exported, f"{sorted(names - exported)} in {expr!r} are not exported"
     for query in dashboard_variable_queries():
-        (metric,) = re.findall(r"label_values\(\s*([\w:]+)\s*,", query)
+        (metric,) = re.findall(r"label_values\(\s*([\w:]+)\s*[{,]", query)
         assert metric in exported
 
 
@@ -250,7 +274,8 @@ def prometheus(server: ServerProcess, tmp_path: Path) -> Iterator[str]:
     binary = shutil.which("prometheus")
     assert binary, "prometheus missing: `make system-deps` installs it"
     config = {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(ALERTS)],
         "scrape_configs": [
             {"job_name": "gatehouse", "static_configs": [{"targets": [server.url[7:]]}]}
         ],
@@ -264,6 +289,7 @@ def prometheus(server: ServerProcess, tmp_path: Path) -> Iterator[str]:
             f"--config.file={tmp_path / 'prometheus.yml'}",
             f"--web.listen-address=127.0.0.1:{port}",
             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            "--enable-feature=exemplar-storage",
             "--log.level=warn",
         ],
         stdout=log,
@@ -321,5 +347,121 @@ def test_real_prometheus_scrapes_and_answers_a_rate_query(
     rate = wait_for(prometheus, f"sum(rate({selector}[10s]))", lambda r: value(r) > 0)
     assert value(rate) > 0
     # Every dashboard and alert expression is valid PromQL to a real Prometheus.
-    for expr in dashboard_exprs() + alert_exprs():
-        query(prometheus, expr.replace("$__rate_interval", "1m").replace("$model", ".*"))
+    for expr in dashboard_exprs() + alert_exprs() + dashboard_variable_selectors():
+        query(prometheus, fill(expr))
+
+
+def dashboard_variable_selectors() -> list[str]:
+    """The series selector inside each variable's label_values(...), as a query."""
+    out = []
+    for q in dashboard_variable_queries():
+        m = re.fullmatch(r"label_values\((.*),\s*\w+\)", q)
+        assert m, q
+        out.append(m.group(1))
+    return out
+
+
+def test_openmetrics_with_exemplars_from_the_real_server(server: ServerProcess) -> None:
+    rid = uuid.uuid4().hex
+    headers = {"x-request-id": rid, "traceparent": f"00-{TRACE}-b7ad6b7169203331-01"}
+    assert httpx.get(server.url + "/models", headers=headers, timeout=10).status_code == 200
+    r = httpx.get(server.url + "/metrics", headers={"accept": PROMETHEUS_ACCEPT}, timeout=10)
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert r.text.endswith("# EOF\n")
+    families = {f.name: f for f in openmetrics_families(r.text)}  # raises on invalid input
+    hist = families["gatehouse_http_request_duration_seconds"]
+    exemplars = [
+        s.exemplar.labels
+        for s in hist.samples
+        if s.exemplar is not None and s.labels["route"] == "/models"
+    ]
+    assert {"request_id": rid, "trace_id": TRACE} in exemplars
+    # The same series as the 0.0.4 format, under the same sample names.
+    plain = samples(scrape(server))
+    om_names = {s.name for f in families.values() for s in f.samples}
+    assert {name for name, _ in plain} <= om_names
+
+
+def test_training_counters_count_every_token_and_step(server: ServerProcess) -> None:
+    body = {
+        "arch": "gru",
+        "name": f"count-{uuid.uuid4().hex[:8]}",
+        "corpus": {"text": TINY_TEXT * 8},
+        "epochs": 3,
+        "batch_size": 4,
+        "bptt": 7,
+        "embedding_size": 8,
+        "hidden_size": 8,
+    }
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        r = c.post("/train", json=body)
+        assert r.status_code == 202, r.text
+        job_id = r.json()["job_id"]
+        deadline = time.monotonic() + 120
+        while (job := c.get(f"/jobs/{job_id}").json())["status"] not in ("succeeded", "failed"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.2)
+    assert job["status"] == "succeeded", job
+    # Every target token of every step: each epoch walks the batchified rows once.
+    n = job["corpus"]["train_tokens"]
+    rows = max(1, min(job["config"]["batch_size"], n // 2))
+    expected = job["metrics"]["epochs"] * rows * (n // rows - 1)
+    now = samples(scrape(server))
+    lab = {"job_id": job_id, "model": body["name"], "arch": "gru"}
+    assert now[key("gatehouse_training_job_tokens_total", **lab)] == expected
+    assert now[key("gatehouse_training_job_steps_total", **lab)] == job["metrics"]["steps"]
+    # A finished job keeps no gauges.
+    assert key("gatehouse_training_job_progress_ratio", **lab) not in now
+
+
+def test_real_prometheus_negotiates_openmetrics_stores_exemplars_and_records(
+    server: ServerProcess, prometheus: str
+) -> None:
+    def value(result: list[dict]) -> float:
+        return float(result[0]["value"][1]) if result else -1.0
+
+    wait_for(prometheus, 'up{job="gatehouse"}', lambda r: value(r) == 1.0)
+    rid = uuid.uuid4().hex
+    headers = {"x-request-id": rid, "traceparent": f"00-{TRACE}-b7ad6b7169203331-01"}
+    start = time.time()
+    with httpx.Client(base_url=server.url, timeout=10) as c:
+        for _ in range(5):
+            assert (
+                c.post("/predict", json={"text": "the clouds", "model": "lstm"}).status_code == 200
+            )
+        assert c.get("/healthz", headers=headers).status_code == 200
+
+    # Exemplars reach Prometheus only in the OpenMetrics format: storing one shows it was
+    # negotiated.
+    def has_ours(result: list[dict]) -> bool:
+        return any(e["labels"] == {"request_id": rid, "trace_id": TRACE}
+                   for series in result for e in series["exemplars"])  # fmt: skip
+
+    deadline = time.monotonic() + 20
+    found: list[dict] = []
+    while time.monotonic() < deadline and not has_ours(found):
+        time.sleep(0.25)
+        r = httpx.get(
+            prometheus + "/api/v1/query_exemplars",
+            params={
+                "query": 'gatehouse_http_request_duration_seconds_bucket{route="/healthz"}',
+                "start": start - 5,
+                "end": time.time() + 5,
+            },
+            timeout=5,
+        )
+        if r.status_code == 200:
+            found = r.json()["data"]
+    assert has_ours(found), found
+
+    # The recording rules, evaluated by Prometheus over the scraped series.
+    p50 = (
+        'job_route:gatehouse_http_request_duration_seconds:p50_5m{job="gatehouse",route="/predict"}'
+    )
+    result = wait_for(prometheus, p50, lambda r: 0 < value(r) < 30)
+    assert 0 < value(result) < 30
+    ratio = 'job:gatehouse_http_responses:error_ratio_5m{job="gatehouse"}'
+    assert value(wait_for(prometheus, ratio, lambda r: value(r) >= 0)) == 0
+    fill = 'job_instance_model:gatehouse_batch_fill:ratio_5m{model="lstm"}'
+    assert 0 < value(wait_for(prometheus, fill, lambda r: value(r) > 0)) <= 1
