@@ -1,4 +1,5 @@
-"""From a parsed request to a staged job: range checks, then the corpus, size-checked.
+"""From a request body to a staged job: every check of a request (parsing, ranges, sizes),
+then the corpus, size-checked.
 
 Every refusal is an `ApiError` with a 4xx status and a message that says what is allowed.
 Nothing is written for a request that is refused before its corpus is staged, and a staged
@@ -9,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Iterable
 from typing import Any
 
-from fastapi import UploadFile
 from pydantic import ValidationError
+from starlette.datastructures import UploadFile
 
 from models.builtin import BUILTIN_CORPORA
 from models.train import TrainConfig
@@ -46,6 +48,43 @@ def validation_error(e: ValidationError, bounds: TrainBounds) -> ApiError:
             msg += f" (allowed: {bounds.describe(field)})"
         problems.append(_problem(".".join(loc), msg, str(err.get("type", "value_error"))))
     return _refuse(problems or [_problem("", "invalid request")])
+
+
+def _validated(schema: Any, data: Any, bounds: TrainBounds) -> Any:
+    try:
+        return schema.model_validate(data)
+    except ValidationError as e:
+        raise validation_error(e, bounds) from e
+
+
+def parse_json(data: Any, bounds: TrainBounds) -> TrainRequest:
+    """A decoded JSON body as a request; it must name its corpus."""
+    req: TrainRequest = _validated(TrainRequest, data, bounds)
+    if req.corpus is None:
+        raise _refuse([_problem("corpus", "required (text, builtin or dataset), or upload a file")])
+    return req
+
+
+def parse_form(
+    items: Iterable[tuple[str, Any]], bounds: TrainBounds
+) -> tuple[TrainRequest, CorpusOptions, UploadFile]:
+    """A multipart body's parts as a request, its corpus options and the uploaded corpus."""
+    upload: UploadFile | None = None
+    fields: dict[str, Any] = {}
+    for key, value in items:
+        if key == "file":
+            upload = upload or (value if isinstance(value, UploadFile) else None)
+        elif not isinstance(value, str):
+            raise _refuse([_problem(key, "only the `file` part may be a file")])
+        else:
+            fields[key] = value
+    if upload is None:
+        raise _refuse([_problem("file", "a multipart request needs the corpus in a `file` part")])
+    if "corpus" in fields:
+        raise _refuse([_problem("corpus", "with an upload the file is the corpus; drop `corpus`")])
+    options = {k: fields.pop(k) for k in ("valid_fraction", "lowercase") if k in fields}
+    opts: CorpusOptions = _validated(CorpusOptions, options, bounds)
+    return _validated(TrainRequest, fields, bounds), opts, upload
 
 
 def check_request(

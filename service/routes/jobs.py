@@ -14,8 +14,6 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import ValidationError
-from starlette.datastructures import UploadFile
 
 from ..deps import AdminDep, JobsDep, SettingsDep
 from ..errors import ApiError
@@ -24,7 +22,6 @@ from ..jobs.manager import JobManager
 from ..schemas.common import ErrorBody
 from ..schemas.jobs import (
     JOB_ID_PATTERN,
-    CorpusOptions,
     DatasetList,
     Job,
     JobList,
@@ -83,13 +80,6 @@ def _check_id(job_id: str) -> str:
     return job_id
 
 
-def _parse(model: type[Any], data: Any, jobs: JobManager) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise intake.validation_error(e, jobs.bounds) from e
-
-
 async def _from_json(request: Request, jobs: JobManager, settings: Any) -> dict[str, Any]:
     raw = await request.body()
     try:
@@ -97,11 +87,10 @@ async def _from_json(request: Request, jobs: JobManager, settings: Any) -> dict[
         data = await asyncio.to_thread(orjson.loads, raw)
     except orjson.JSONDecodeError as e:
         raise ApiError(400, f"the body is not valid JSON: {e}") from e
-    req: TrainRequest = _parse(TrainRequest, data, jobs)
-    if req.corpus is None:
-        raise ApiError(422, "corpus: required (text, builtin or dataset), or upload a file")
+    req = intake.parse_json(data, jobs.bounds)
     hp = intake.check_request(req, jobs.bounds)
     corpus = req.corpus
+    assert corpus is not None  # parse_json refuses a request without one
     return await jobs.submit(
         req.name,
         req.arch,
@@ -115,24 +104,7 @@ async def _from_upload(request: Request, jobs: JobManager) -> dict[str, Any]:
     await jobs.check_capacity()  # before the upload is read
     form = await request.form(max_files=1, max_fields=_MAX_FORM_FIELDS)
     try:
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise ApiError(422, "file: a multipart request needs the corpus in a `file` part")
-        fields: dict[str, Any] = {}
-        for key, value in form.multi_items():
-            if key == "file":
-                continue
-            if not isinstance(value, str):
-                raise ApiError(422, f"{key}: only the `file` part may be a file")
-            fields[key] = value
-        if "corpus" in fields:
-            raise ApiError(422, "corpus: with an upload the file is the corpus; drop `corpus`")
-        opts = _parse(
-            CorpusOptions,
-            {k: fields.pop(k) for k in ("valid_fraction", "lowercase") if k in fields},
-            jobs,
-        )
-        req: TrainRequest = _parse(TrainRequest, fields, jobs)
+        req, opts, upload = intake.parse_form(form.multi_items(), jobs.bounds)
         hp = intake.check_request(req, jobs.bounds, upload=opts)
         return await jobs.submit(
             req.name,
