@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
@@ -32,9 +33,31 @@ _GATE_LIST = re.compile(r"^[a-z]{1,16}(,[a-z]{1,16}){0,15}$")
 _ALL_GATES = sorted({g for keys in GATE_KEYS.values() for g in keys})
 
 
-async def _picture(
-    engine: Any, text: str, model: str | None, layers: str | None, units: str | None, gates: str
-) -> tuple[list[render.Panel], dict[str, Any]]:
+TextQ = Annotated[str, Query(examples=["i grew up in france . i speak fluent"])]
+ModelQ = Annotated[str | None, Query(pattern=MODEL_REF_PATTERN, examples=["lstm"])]
+LayersQ = Annotated[str | None, Query(description="e.g. 0,1", examples=["0"])]
+UnitsQ = Annotated[str | None, Query(description="e.g. 0-63", examples=["0-31"])]
+GatesQ = Annotated[
+    str, Query(max_length=300, description="Which gates, e.g. forget,cell (default all)")
+]
+
+
+@dataclass
+class PictureQuery:
+    """`GET /gates`' query plus `gates`, shared by both picture formats."""
+
+    text: TextQ
+    model: ModelQ = None
+    layers: LayersQ = None
+    units: UnitsQ = None
+    gates: GatesQ = ""
+
+
+PictureDep = Annotated[PictureQuery, Depends()]
+
+
+async def _picture(engine: Any, q: PictureQuery) -> tuple[list[render.Panel], dict[str, Any]]:
+    text, model, layers, units, gates = q.text, q.model, q.layers, q.units, q.gates
     if gates and not _GATE_LIST.match(gates):
         raise ApiError(422, "gates: expected comma-separated names like forget,cell")
     wanted = [g for g in gates.split(",") if g] if gates else None
@@ -58,13 +81,6 @@ async def _picture(
     return found, result
 
 
-TextQ = Annotated[str, Query(examples=["i grew up in france . i speak fluent"])]
-ModelQ = Annotated[str | None, Query(pattern=MODEL_REF_PATTERN, examples=["lstm"])]
-LayersQ = Annotated[str | None, Query(description="e.g. 0,1", examples=["0"])]
-UnitsQ = Annotated[str | None, Query(description="e.g. 0-63", examples=["0-31"])]
-GatesQ = Annotated[
-    str, Query(max_length=300, description="Which gates, e.g. forget,cell (default all)")
-]
 _PNG = {200: {"content": {"image/png": {}}, "description": "The heat maps, one under another"}}
 _SVG = {200: {"content": {"image/svg+xml": {}}, "description": "Labelled heat maps"}}
 
@@ -75,16 +91,8 @@ _SVG = {200: {"content": {"image/svg+xml": {}}, "description": "Labelled heat ma
     response_class=Response,
     responses={**ERRORS, **_PNG},
 )
-async def gates_png(
-    engine: EngineDep,
-    _: ReaderDep,
-    text: TextQ,
-    model: ModelQ = None,
-    layers: LayersQ = None,
-    units: UnitsQ = None,
-    gates: GatesQ = "",
-) -> Response:
-    found, _result = await _picture(engine, text, model, layers, units, gates)
+async def gates_png(engine: EngineDep, _: ReaderDep, q: PictureDep) -> Response:
+    found, _result = await _picture(engine, q)
     png = await asyncio.to_thread(render.to_png, found)
     return Response(png, media_type="image/png")
 
@@ -95,15 +103,7 @@ async def gates_png(
     response_class=Response,
     responses={**ERRORS, **_SVG},
 )
-async def gates_svg(
-    engine: EngineDep,
-    _: ReaderDep,
-    text: TextQ,
-    model: ModelQ = None,
-    layers: LayersQ = None,
-    units: UnitsQ = None,
-    gates: GatesQ = "",
-) -> Response:
-    found, result = await _picture(engine, text, model, layers, units, gates)
+async def gates_svg(engine: EngineDep, _: ReaderDep, q: PictureDep) -> Response:
+    found, result = await _picture(engine, q)
     svg = await asyncio.to_thread(render.to_svg, found, result)
     return Response(svg, media_type="image/svg+xml")

@@ -6,9 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.builtin import builtin_text
 from models.checkpoint import checkpoint_path
-from models.corpus import Corpus, corpus_from_text
+from models.corpus import Corpus
 from models.lm import RNNLM, ModelConfig
 from models.train import (
     STOP_CANCEL,
@@ -24,12 +23,6 @@ from models.trainer import set_gate_bias
 pytestmark = pytest.mark.numerics
 
 TIMING_KEYS = {"tokens_per_s", "seconds"}
-
-
-@pytest.fixture(scope="module")
-def tiny() -> Corpus:
-    lines = builtin_text("longrange", seed=3).splitlines()[:150]
-    return corpus_from_text("\n".join(lines) + "\n", valid_fraction=0.15, lowercase=True)
 
 
 def small(**kw) -> TrainConfig:

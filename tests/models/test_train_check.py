@@ -5,36 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.builtin import builtin_text
-from models.corpus import Corpus, corpus_from_text
+from models.corpus import Corpus
 from models.lm import RNNLM
 from models.train import HeldOutCheck, TrainConfig, train
+from tests.models.test_train import small
 
 pytestmark = pytest.mark.numerics
 
 
-@pytest.fixture(scope="module")
-def tiny() -> Corpus:
-    lines = builtin_text("longrange", seed=3).splitlines()[:150]
-    return corpus_from_text("\n".join(lines) + "\n", valid_fraction=0.15, lowercase=True)
-
-
 def config(**kw) -> TrainConfig:
-    base = dict(
-        arch="gru",
-        embedding_size=16,
-        hidden_size=24,
-        batch_size=4,
-        bptt=12,
-        lr=1e-2,
-        epochs=6,
-        seed=1,
-        device="cpu",
-        keep_best=False,
-        progress_interval_s=0.0,
-        num_threads=1,
-    )
-    return TrainConfig(**{**base, **kw})
+    return small(**{"arch": "gru", "epochs": 6, "keep_best": False, **kw})
 
 
 class Recorder:
