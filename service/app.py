@@ -23,7 +23,7 @@ from .jobs.manager import JobManager
 from .limits import BodyLimitMiddleware
 from .metrics.gc_pauses import freeze_heap
 from .registry import ModelRegistry
-from .routes import gates, health, jobs, models, predict, sessions
+from .routes import gates, health, jobs, models, predict, score, sessions
 from .settings import Settings
 from .ui import install as install_ui
 
@@ -127,7 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     errors.install(app)
-    routers = (health, models, predict, gates, sessions, jobs)
+    routers = (health, models, predict, score, gates, sessions, jobs)
     for router in (r.router for r in routers):
         app.include_router(router)
     app.add_middleware(

@@ -16,7 +16,6 @@ import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
@@ -30,6 +29,7 @@ from models.tokenizer import Encoded
 from . import metrics
 from .batcher import DynamicBatcher, QueueFull
 from .errors import ApiError
+from .generation import Generation, Sampling
 from .logs import set_request_model
 from .prepare import prepare
 from .registry import ModelRegistry
@@ -41,12 +41,15 @@ from .schemas.predict import (
     PredictRequest,
     PredictResponse,
 )
+from .schemas.score import ScoreBatchResponse, ScoreRequest, ScoreResponse
 from .schemas.sessions import FeedRequest, FeedResponse
+from .scoring import ScoreResult, ScoreRow, run_scores
 from .sessions import EmptyFeed, SessionNotFound, SessionStore
 from .settings import Settings
-from .steps import Step, StepResult, run_steps
+from .steps import Step, run_steps
 
 T = TypeVar("T")
+Row = Step | ScoreRow  # what the batcher carries: a next-word step, or a text to score
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +76,7 @@ class InferenceEngine:
         self._max_threads = torch.get_num_threads()
         # The intra-op thread count each prepared version runs its passes with.
         self._threads: WeakKeyDictionary[LoadedModel, int] = WeakKeyDictionary()
-        self.batcher: DynamicBatcher[LoadedModel, Step, StepResult] = DynamicBatcher(
+        self.batcher: DynamicBatcher[LoadedModel, Row, Any] = DynamicBatcher(
             self._forward,
             max_batch_size=settings.max_batch_size,
             max_batch_delay_ms=settings.max_batch_delay_ms,
@@ -110,15 +113,22 @@ class InferenceEngine:
             prepare, loaded, settings.half, settings.max_batch_size, self._max_threads
         ).result()
 
-    def _forward(self, loaded: LoadedModel, steps: list[Step]) -> list[StepResult]:
-        """The batch function, on the inference thread: one forward pass of `loaded`."""
+    def _forward(self, loaded: LoadedModel, rows: list[Row]) -> list[Any]:
+        """The batch function, on the inference thread: one forward pass of `loaded` for the
+        steps, and one for the texts to score when the batch has any."""
         threads = self._threads.get(loaded, self._max_threads)
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-        return run_steps(loaded.model, steps)
+        steps = [r for r in rows if isinstance(r, Step)]
+        if len(steps) == len(rows):
+            return run_steps(loaded.model, steps)
+        scored = iter(run_scores(loaded.model, [r for r in rows if isinstance(r, ScoreRow)]))
+        stepped = iter(run_steps(loaded.model, steps))
+        return [next(stepped) if isinstance(r, Step) else next(scored) for r in rows]
 
     # ---- validation shared by every endpoint -------------------------------------------
-    def _resolve(self, ref: str | None) -> LoadedModel:
+    def resolve(self, ref: str | None) -> LoadedModel:
+        """The served version for `name` / `name@N` / None (404 or 503 as `ApiError`)."""
         loaded = self.registry.resolve(ref)
         set_request_model(loaded.name)  # for the access log line
         return loaded
@@ -138,12 +148,12 @@ class InferenceEngine:
             )
         return enc
 
-    def _check_top_k(self, top_k: int) -> None:
+    def check_top_k(self, top_k: int) -> None:
         if top_k > self.settings.max_top_k:
             raise ApiError(422, f"top_k {top_k} over the limit of {self.settings.max_top_k}")
 
     # ---- the seam: every forward pass --------------------------------------------------
-    async def _steps(self, loaded: LoadedModel, steps: Sequence[Step]) -> list[StepResult]:
+    async def _steps(self, loaded: LoadedModel, steps: Sequence[Row]) -> list[Any]:
         """Run rows through the batcher; a full queue is a 503 with Retry-After."""
         try:
             return await self.batcher.submit_many(loaded, steps)
@@ -160,8 +170,8 @@ class InferenceEngine:
         texts = [req.text] if req.text is not None else req.texts or []
         if len(texts) > self.settings.max_texts:
             raise ApiError(413, f"{len(texts)} texts, over the limit of {self.settings.max_texts}")
-        self._check_top_k(req.top_k)
-        loaded = self._resolve(req.model)
+        self.check_top_k(req.top_k)
+        loaded = self.resolve(req.model)
         encoded = [self.encode(loaded, t) for t in texts]
         rows = [Step(e.ids, top_k=req.top_k, temperature=req.temperature) for e in encoded]
         results = await self._steps(loaded, rows)
@@ -176,41 +186,53 @@ class InferenceEngine:
         ]
         return answers[0] if req.text is not None else PredictBatchResponse(results=answers)
 
+    def check_max_words(self, max_words: int) -> None:
+        if max_words > self.settings.max_words:
+            limit = self.settings.max_words
+            raise ApiError(422, f"max_words {max_words} over the limit of {limit}")
+
+    def generation(self, loaded: LoadedModel, prompt: Encoded, sampling: Sampling) -> Generation:
+        """The word loop for `prompt`, every step through the batcher (see generation.py)."""
+        return Generation(self._steps, loaded, prompt.ids, sampling)
+
     async def generate(self, req: GenerateRequest) -> GenerateResponse:
-        if req.max_words > self.settings.max_words:
-            raise ApiError(
-                422, f"max_words {req.max_words} over the limit of {self.settings.max_words}"
-            )
+        self.check_max_words(req.max_words)
         if req.top_k is not None:
-            self._check_top_k(req.top_k)
-        loaded = self._resolve(req.model)
+            self.check_top_k(req.top_k)
+        loaded = self.resolve(req.model)
         enc = self.encode(loaded, req.text)
-        vocab = loaded.tokenizer.vocab
-        generator = torch.Generator().manual_seed(req.seed) if req.seed is not None else None
-        pick = partial(
-            _choose,
-            unk_id=vocab.unk_id,
-            sample=bool(req.temperature),
-            temperature=req.temperature,
-            top_k=req.top_k,
-            generator=generator,
-        )
-        # Each word is one batched step from the carried state: concurrent generations (and
-        # predictions) share forward passes, and the choice is made on the inference thread.
-        words: list[str] = []
-        step = Step(enc.ids, want_state=True, pick=pick)
-        for n in range(req.max_words):
-            step.want_state = n + 1 < req.max_words  # the last word needs no state after it
-            (result,) = await self._steps(loaded, [step])
-            assert result.picked is not None
-            words.append(vocab.itos[result.picked])
-            step = Step([result.picked], state=result.state, pick=pick)
+        sampling = Sampling(req.max_words, req.temperature, req.top_k, seed=req.seed)
+        generated = [w async for w in self.generation(loaded, enc, sampling)]
+        words = [w.word for w in generated]
         continued = " ".join([req.text.rstrip(), *words]).replace(" <eos> ", "\n").strip(" ")
-        return GenerateResponse(**served(loaded), text=continued, words=words, unknown=enc.unknown)
+        return GenerateResponse(
+            **served(loaded),
+            text=continued,
+            words=words,
+            probs=[math.exp(w.logprob) for w in generated],
+            unknown=enc.unknown,
+        )
+
+    async def score_rows(self, loaded: LoadedModel, rows: Sequence[ScoreRow]) -> list[ScoreResult]:
+        """Score texts already encoded: one batched pass with whatever else is queued."""
+        return await self._steps(loaded, rows)
+
+    async def score(self, req: ScoreRequest) -> ScoreResponse | ScoreBatchResponse:
+        texts = [req.text] if req.text is not None else req.texts or []
+        if len(texts) > self.settings.max_texts:
+            raise ApiError(413, f"{len(texts)} texts, over the limit of {self.settings.max_texts}")
+        self.check_top_k(req.top_k)
+        loaded = self.resolve(req.model)
+        encoded = [self.encode(loaded, t) for t in texts]
+        results = await self.score_rows(loaded, [ScoreRow(e.ids, req.top_k) for e in encoded])
+        answers = [
+            _score_response(loaded, e, r, req.top_k) for e, r in zip(encoded, results, strict=True)
+        ]
+        return answers[0] if req.text is not None else ScoreBatchResponse(results=answers)
 
     async def feed(self, session_id: str, req: FeedRequest) -> FeedResponse:
         """Advance a session by `req.text`: one lookup, the session's own tokenizer."""
-        self._check_top_k(req.top_k)
+        self.check_top_k(req.top_k)
         try:
             session = self.sessions.get(session_id)
             set_request_model(session.loaded.name)
@@ -232,9 +254,9 @@ class InferenceEngine:
         )
 
     async def gates(self, ref: str | None, text: str, query: GateQuery) -> dict[str, Any]:
-        self._check_top_k(query.top_k)
+        self.check_top_k(query.top_k)
         layers, units = query.layers, query.units
-        loaded = self._resolve(ref)
+        loaded = self.resolve(ref)
         cfg = loaded.config
         bad_layers = [k for k in layers or [] if not 0 <= k < cfg.num_layers]
         if bad_layers:
@@ -304,26 +326,27 @@ class InferenceEngine:
         }
 
 
-def _choose(
-    logits: Tensor,
-    unk_id: int,
-    sample: bool,
-    temperature: float | None,
-    top_k: int | None,
-    generator: torch.Generator | None,
-) -> int:
-    """Generation's next word from one row's float32 logits, on the inference thread."""
-    scores = logits.float().clone()
-    scores[unk_id] = -math.inf  # "<unk>" stands for any rare word: never one to write
-    if not sample:
-        return int(scores.argmax())
-    assert temperature is not None
-    scores = scores / temperature
-    if top_k is not None and top_k < scores.numel():
-        kth = torch.topk(scores, top_k).values[-1]
-        scores[scores < kth] = -math.inf
-    probs = torch.softmax(scores, dim=-1)
-    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+def _score_response(
+    loaded: LoadedModel, enc: Encoded, result: ScoreResult, top_k: int
+) -> ScoreResponse:
+    total = sum(result.logprobs)
+    n = len(result.logprobs)
+    itos = loaded.tokenizer.vocab.itos
+    top = None
+    if top_k > 0:
+        top = [None] + [
+            [Prediction(word=itos[i], prob=math.exp(v)) for i, v in zip(ids, vals, strict=True)]
+            for ids, vals in zip(result.top_ids, result.top_logprobs, strict=True)
+        ]
+    return ScoreResponse(
+        **served(loaded),
+        tokens=enc.tokens,
+        unknown=enc.unknown,
+        logprobs=[None, *result.logprobs],
+        top=top,
+        total_logprob=total,
+        perplexity=math.exp(-total / n) if n else None,
+    )
 
 
 def _observe_batch(

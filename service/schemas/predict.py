@@ -74,4 +74,8 @@ class GenerateRequest(Request):
 class GenerateResponse(Served):
     text: str = Field(description="The input text continued by the generated words.")
     words: list[str]
+    probs: list[float] = Field(
+        description="Each word's probability under the model (temperature 1, no top-k), as "
+        "`/predict` reports it: also when sampled, where it may lie outside any top-k."
+    )
     unknown: list[str]
