@@ -3,7 +3,8 @@
 `families` defines the metrics on one module-level `CollectorRegistry` (not the client's global
 default, so test suites that build many apps in one process never hit duplicate-registration
 errors); `recorders` holds the helpers the serving and training layers call; `http` holds the
-request middleware and the exposition route.
+request middleware and the exposition route (OpenMetrics or the 0.0.4 text format, by the
+scraper's `Accept`); `exemplars` what ties a latency observation to its request and trace.
 
 The server runs one uvicorn worker, so one in-process registry is the truth. Running several
 worker processes would need prometheus-client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR,
