@@ -81,6 +81,7 @@ class _Layout:
         description: str = "",
         width: int = 8,
         kind: str = "timeseries",
+        exemplars: bool = False,
     ) -> None:
         if self.x + width > 24:
             self._wrap()
@@ -97,6 +98,9 @@ class _Layout:
                 for i, (expr, leg) in enumerate(targets)
             ],
         }
+        if exemplars:  # drawn as points on the graph; hovering one shows its request_id
+            for target in panel["targets"]:
+                target["exemplar"] = True
         if kind == "table":
             # One row per series: the two instant queries joined on their labels.
             for target in panel["targets"]:
@@ -145,6 +149,7 @@ def _http(lay: _Layout) -> None:
         "s",
         "From request start to the last response byte; event streams to their headers. "
         "Exemplars (request_id, trace_id) link a point to its access-log line.",
+        exemplars=True,
     )
     responses = "gatehouse_http_responses_total"
     total = f"clamp_min(sum({_rate(responses)}), 1e-9)"
@@ -198,6 +203,7 @@ def _replicas(lay: _Layout) -> None:
         [(_quantile(0.99, dur, "instance", no_metrics), "{{instance}} p99")],
         "s",
         "A replica far above the others is overloaded or unwell.",
+        exemplars=True,
     )
     lay.panel(
         "Predictions per second by replica",

@@ -132,6 +132,18 @@ def test_per_replica_breakdowns_of_throughput_and_latency() -> None:
     assert "gatehouse_training_job_tokens_total" in joined  # training throughput
 
 
+def test_http_latency_panels_ask_for_exemplars() -> None:
+    dash = load("provisioned")
+    asking = {p["title"] for p in dash["panels"] for t in p.get("targets", []) if t.get("exemplar")}
+    assert asking == {"Latency by route (p50 / p95 / p99)", "p99 latency by replica"}
+    for panel in dash["panels"]:
+        if panel["title"] in asking:
+            assert all(
+                "gatehouse_http_request_duration_seconds_bucket" in t["expr"]
+                for t in panel["targets"]
+            )
+
+
 def test_training_throughput_is_a_rate_of_the_token_counter() -> None:
     dash = load("provisioned")
     panel = next(p for p in dash["panels"] if p["title"] == "Training throughput")
