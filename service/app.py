@@ -22,8 +22,9 @@ from .inference import InferenceEngine
 from .jobs.manager import JobManager
 from .limits import BodyLimitMiddleware
 from .metrics.gc_pauses import freeze_heap
+from .openai.errors import OpenAIErrorShape
 from .registry import ModelRegistry
-from .routes import gates, health, jobs, models, predict, score, sessions
+from .routes import gates, health, jobs, models, openai, predict, score, sessions
 from .settings import Settings
 from .ui import install as install_ui
 
@@ -127,7 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     errors.install(app)
-    routers = (health, models, predict, score, gates, sessions, jobs)
+    routers = (health, models, predict, score, gates, sessions, jobs, openai)
     for router in (r.router for r in routers):
         app.include_router(router)
     app.add_middleware(
@@ -135,6 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         max_upload_bytes=settings.max_corpus_bytes + 64 * 1024,
     )
+    app.add_middleware(OpenAIErrorShape)  # outside the body guard: its refusals too
     metrics.install(app)
     metrics.set_batch_limit(settings.max_batch_size)
     logs.install(app)
