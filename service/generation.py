@@ -9,15 +9,18 @@ taken back, and the stop words themselves are never sent.
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from models.store import LoadedModel
 
 from .sampling import Picker
 from .steps import Step, StepResult
 
+T = TypeVar("T")
 RunSteps = Callable[[LoadedModel, Sequence[Step]], Awaitable[list[StepResult]]]
 
 
@@ -104,3 +107,44 @@ def _open_prefix(held: list[Word], stops: tuple[tuple[int, ...], ...]) -> int:
                 best = n
                 break
     return best
+
+
+async def together(coros: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run concurrently (their steps share batches); one failing cancels the rest."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def merged(sources: Sequence[AsyncIterator[T]]) -> AsyncIterator[T]:
+    """Every source's items as they come, the sources run concurrently (n samples share
+    forward passes). One source failing raises here and ends the others; so does closing
+    this iterator (a streaming client gone): no more steps run for any of them."""
+    queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue()
+    finished = object()
+
+    async def drain(source: AsyncIterator[T]) -> None:
+        try:
+            async for item in source:
+                queue.put_nowait((True, item))
+            queue.put_nowait((True, finished))
+        except Exception as e:  # handed over, or the reader would wait for it forever
+            queue.put_nowait((False, e))
+
+    tasks = [asyncio.ensure_future(drain(s)) for s in sources]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            ok, item = await queue.get()
+            if not ok:
+                raise item
+            if item is finished:
+                remaining -= 1
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -26,7 +26,7 @@ from models import gates as gate_inspection
 from models.store import LoadedModel
 from models.tokenizer import Encoded
 
-from . import metrics
+from . import generate, metrics
 from .batcher import DynamicBatcher, QueueFull
 from .errors import ApiError
 from .generation import Generation, Sampling
@@ -196,22 +196,7 @@ class InferenceEngine:
         return Generation(self._steps, loaded, prompt.ids, sampling)
 
     async def generate(self, req: GenerateRequest) -> GenerateResponse:
-        self.check_max_words(req.max_words)
-        if req.top_k is not None:
-            self.check_top_k(req.top_k)
-        loaded = self.resolve(req.model)
-        enc = self.encode(loaded, req.text)
-        sampling = Sampling(req.max_words, req.temperature, req.top_k, seed=req.seed)
-        generated = [w async for w in self.generation(loaded, enc, sampling)]
-        words = [w.word for w in generated]
-        continued = " ".join([req.text.rstrip(), *words]).replace(" <eos> ", "\n").strip(" ")
-        return GenerateResponse(
-            **served(loaded),
-            text=continued,
-            words=words,
-            probs=[math.exp(w.logprob) for w in generated],
-            unknown=enc.unknown,
-        )
+        return await generate.run(self, generate.plan(self, req))
 
     async def score_rows(self, loaded: LoadedModel, rows: Sequence[ScoreRow]) -> list[ScoreResult]:
         """Score texts already encoded: one batched pass with whatever else is queued."""

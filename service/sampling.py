@@ -52,5 +52,6 @@ class Picker:
             # Keep the smallest head whose mass reaches top_p: a word stays when the mass
             # before it is still short of top_p (so the likeliest word always stays).
             drop = (torch.cumsum(ordered, dim=0) - ordered) >= self.top_p
+            drop[0] = False  # a top_p below float32's smallest number would drop them all
             probs = probs.scatter(0, order[drop], 0.0)
         return int(torch.multinomial(probs.cpu(), 1, generator=self.generator))

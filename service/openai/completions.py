@@ -13,13 +13,12 @@ starts with the prompt as sent and its pieces are the words the tokenizer read i
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
@@ -27,13 +26,12 @@ from models.store import LoadedModel
 from models.tokenizer import EOS, Encoded
 
 from ..errors import ApiError
-from ..generation import Sampling, Word
+from ..generation import Sampling, Word, merged, together
 from ..inference import InferenceEngine
 from ..schemas.openai import NEUTRAL, Completion, CompletionChoice, CompletionRequest, Usage
 from ..scoring import ScoreResult, ScoreRow
 from .errors import openai_error
 
-T = TypeVar("T")
 log = logging.getLogger("gatehouse.openai")
 MAX_STOPS = 4  # OpenAI's own limit
 
@@ -176,16 +174,6 @@ async def _echo_scores(engine: InferenceEngine, plan: Plan) -> list[ScoreResult]
     return await engine.score_rows(plan.loaded, rows)
 
 
-async def _all(coros: list[Coroutine[Any, Any, T]]) -> list[T]:
-    """Run together (their steps share batches); one failing cancels the rest."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        return list(await asyncio.gather(*tasks))
-    finally:
-        for task in tasks:
-            task.cancel()
-
-
 async def complete(engine: InferenceEngine, plan: Plan) -> Completion:
     req, itos = plan.req, plan.loaded.tokenizer.vocab.itos
     echoed = await _echo_scores(engine, plan)
@@ -210,7 +198,7 @@ async def complete(engine: InferenceEngine, plan: Plan) -> Completion:
         )
         return answer, words
 
-    done = await _all([choice(p, s) for p in range(len(plan.prompts)) for s in range(req.n)])
+    done = await together([choice(p, s) for p in range(len(plan.prompts)) for s in range(req.n)])
     return Completion(
         id=plan.id,
         created=plan.created,
@@ -236,12 +224,11 @@ def _event(payload: Any) -> bytes:
 async def stream(engine: InferenceEngine, plan: Plan) -> AsyncIterator[bytes]:
     """Server-Sent Events: a chunk per word per choice, each choice's finish, `[DONE]`.
 
-    A client that goes away cancels this generator, which cancels every choice's loop: no
+    A client that goes away closes this generator, which cancels every choice's loop: no
     forward pass runs for it after that.
     """
     req, itos = plan.req, plan.loaded.tokenizer.vocab.itos
     want_logprobs = req.logprobs is not None
-    queue: asyncio.Queue[dict[str, Any] | int | BaseException] = asyncio.Queue()
     words = 0
 
     def chunk(index: int, text: str, logprobs: Any, finish: str | None) -> dict[str, Any]:
@@ -255,52 +242,39 @@ async def stream(engine: InferenceEngine, plan: Plan) -> AsyncIterator[bytes]:
             ],
         }
 
-    async def choice(p: int, sample: int, echoed: ScoreResult | None) -> None:
+    async def choice(p: int, sample: int, echoed: ScoreResult | None) -> AsyncIterator[dict]:
         nonlocal words
         index = p * req.n + sample
-        try:
-            prompt, enc = plan.prompts[p]
-            text = _Text()
-            if echoed is not None:
-                text.add_prompt(prompt, enc, echoed, itos)
-                queue.put_nowait(chunk(index, *text.since((0, 0), want_logprobs), None))
-            generation = engine.generation(plan.loaded, enc, plan.sampling(sample))
-            async for word in generation:
-                mark = text.mark()
-                _word(text, word)
-                words += 1
-                queue.put_nowait(chunk(index, *text.since(mark, want_logprobs), None))
-            queue.put_nowait(chunk(index, "", None, generation.finish_reason))
-            queue.put_nowait(index)
-        except Exception as e:  # handed to the stream, or it would wait for this choice forever
-            queue.put_nowait(e)
+        prompt, enc = plan.prompts[p]
+        text = _Text()
+        if echoed is not None:
+            text.add_prompt(prompt, enc, echoed, itos)
+            yield chunk(index, *text.since((0, 0), want_logprobs), None)
+        generation = engine.generation(plan.loaded, enc, plan.sampling(sample))
+        async for word in generation:
+            mark = text.mark()
+            _word(text, word)
+            words += 1
+            yield chunk(index, *text.since(mark, want_logprobs), None)
+        yield chunk(index, "", None, generation.finish_reason)
 
     echoed = await _echo_scores(engine, plan)
-    tasks = [
-        asyncio.ensure_future(choice(p, s, echoed[p] if echoed else None))
+    choices = [
+        choice(p, s, echoed[p] if echoed else None)
         for p in range(len(plan.prompts))
         for s in range(req.n)
     ]
     try:
-        remaining = len(tasks)
-        while remaining:
-            item = await queue.get()
-            if isinstance(item, int):
-                remaining -= 1
-            elif isinstance(item, BaseException):
-                # Headers are long sent: the error goes in the stream, where the SDK reads it.
-                if isinstance(item, ApiError):
-                    yield _event(openai_error(item.status, item.message))
-                else:
-                    log.error("completion stream failed", exc_info=item)
-                    yield _event(openai_error(500, "internal error: the server logged it"))
-                return
-            else:
-                yield _event(item)
-        if req.stream_options is not None and req.stream_options.include_usage:
-            usage = _usage(plan, words).model_dump()
-            yield _event({**chunk(0, "", None, None), "choices": [], "usage": usage})
-        yield b"data: [DONE]\n\n"
-    finally:
-        for task in tasks:
-            task.cancel()
+        async for item in merged(choices):
+            yield _event(item)
+    except ApiError as e:  # headers are long sent: the error goes in the stream (the SDK reads it)
+        yield _event(openai_error(e.status, e.message))
+        return
+    except Exception:
+        log.exception("completion stream failed")
+        yield _event(openai_error(500, "internal error: the server logged the details"))
+        return
+    if req.stream_options is not None and req.stream_options.include_usage:
+        usage = _usage(plan, words).model_dump()
+        yield _event({**chunk(0, "", None, None), "choices": [], "usage": usage})
+    yield b"data: [DONE]\n\n"

@@ -1,12 +1,14 @@
-"""POST /predict and POST /generate."""
+"""POST /predict and POST /generate (a JSON answer, or Server-Sent Events)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
 
 from ..deps import EngineDep, ReaderDep
+from ..generate import events, plan
 from ..schemas.common import ErrorBody
 from ..schemas.predict import (
     GenerateRequest,
@@ -43,8 +45,22 @@ async def predict(
 @router.post(
     "/generate",
     response_model=GenerateResponse,
-    summary="Continue a text word by word (greedy, or sampled with temperature/top_k/seed)",
-    responses=ERRORS,
+    summary="Continue a text word by word (greedy, or sampled with temperature, top_k, "
+    "top_p, seed; n samples; stop sequences; streamed as Server-Sent Events on request)",
+    responses={
+        **ERRORS,
+        200: {"content": {"text/event-stream": {}}, "description": "The answer, or its events"},
+    },
 )
-async def generate(body: GenerateRequest, engine: EngineDep, _: ReaderDep) -> GenerateResponse:
-    return await engine.generate(body)
+async def generate(
+    body: GenerateRequest, engine: EngineDep, _: ReaderDep, request: Request
+) -> GenerateResponse | StreamingResponse:
+    wants_events = "text/event-stream" in request.headers.get("accept", "")
+    if not (body.stream or wants_events):
+        return await engine.generate(body)
+    checked = plan(engine, body)  # every check before the status line goes out
+    return StreamingResponse(
+        events(engine, checked),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
