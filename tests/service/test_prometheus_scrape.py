@@ -41,8 +41,11 @@ PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right
 
 
 @pytest.fixture(scope="module")
-def server(tiny_store: Path) -> Iterator[ServerProcess]:
-    s = ServerProcess(tiny_store, "--no-bootstrap")
+def server(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    # A copy: the training test saves a model, and the session's tiny store is shared.
+    store = tmp_path_factory.mktemp("scrape") / "models"
+    shutil.copytree(tiny_store, store)
+    s = ServerProcess(store, "--no-bootstrap")
     try:
         s.wait_ready(60)
         yield s
