@@ -28,7 +28,7 @@ from models.tokenizer import EOS, Encoded
 from ..errors import ApiError
 from ..generation import Sampling, Word, merged, together
 from ..inference import InferenceEngine
-from ..schemas.openai import NEUTRAL, Completion, CompletionChoice, CompletionRequest, Usage
+from ..schemas.openai import NEUTRAL, CompletionRequest
 from ..scoring import ScoreResult, ScoreRow
 from .errors import openai_error
 
@@ -174,12 +174,14 @@ async def _echo_scores(engine: InferenceEngine, plan: Plan) -> list[ScoreResult]
     return await engine.score_rows(plan.loaded, rows)
 
 
-async def complete(engine: InferenceEngine, plan: Plan) -> Completion:
+async def complete(engine: InferenceEngine, plan: Plan) -> dict[str, Any]:
+    """The answer as plain JSON-ready data in the `Completion` shape: built as dicts, not
+    models, because validating it all again cost /v1 a tenth of its throughput."""
     req, itos = plan.req, plan.loaded.tokenizer.vocab.itos
     echoed = await _echo_scores(engine, plan)
     want_logprobs = req.logprobs is not None
 
-    async def choice(p: int, sample: int) -> tuple[CompletionChoice, int]:
+    async def choice(p: int, sample: int) -> tuple[dict[str, Any], int]:
         prompt, enc = plan.prompts[p]
         text = _Text()
         if req.echo:
@@ -190,31 +192,36 @@ async def complete(engine: InferenceEngine, plan: Plan) -> Completion:
             _word(text, word)
             words += 1
         _, logprobs = text.since((0, 0), want_logprobs)
-        answer = CompletionChoice(
-            index=p * req.n + sample,
-            text=text.text,
-            logprobs=logprobs,
-            finish_reason=generation.finish_reason,  # type: ignore[arg-type]
-        )
+        answer = {
+            "index": p * req.n + sample,
+            "text": text.text,
+            "logprobs": logprobs,
+            "finish_reason": generation.finish_reason,
+        }
         return answer, words
 
-    done = await together([choice(p, s) for p in range(len(plan.prompts)) for s in range(req.n)])
-    return Completion(
-        id=plan.id,
-        created=plan.created,
-        model=req.model,
-        choices=[c for c, _ in done],
-        usage=_usage(plan, sum(w for _, w in done)),
-    )
+    pairs = [(p, s) for p in range(len(plan.prompts)) for s in range(req.n)]
+    if len(pairs) == 1:
+        done = [await choice(0, 0)]
+    else:
+        done = await together([choice(p, s) for p, s in pairs])
+    return {
+        "id": plan.id,
+        "object": "text_completion",
+        "created": plan.created,
+        "model": req.model,
+        "choices": [c for c, _ in done],
+        "usage": _usage(plan, sum(w for _, w in done)),
+    }
 
 
-def _usage(plan: Plan, completion_words: int) -> Usage:
+def _usage(plan: Plan, completion_words: int) -> dict[str, int]:
     prompt_words = sum(len(enc.ids) for _, enc in plan.prompts)
-    return Usage(
-        prompt_tokens=prompt_words,
-        completion_tokens=completion_words,
-        total_tokens=prompt_words + completion_words,
-    )
+    return {
+        "prompt_tokens": prompt_words,
+        "completion_tokens": completion_words,
+        "total_tokens": prompt_words + completion_words,
+    }
 
 
 def _event(payload: Any) -> bytes:
@@ -275,6 +282,6 @@ async def stream(engine: InferenceEngine, plan: Plan) -> AsyncIterator[bytes]:
         yield _event(openai_error(500, "internal error: the server logged the details"))
         return
     if req.stream_options is not None and req.stream_options.include_usage:
-        usage = _usage(plan, words).model_dump()
+        usage = _usage(plan, words)
         yield _event({**chunk(0, "", None, None), "choices": [], "usage": usage})
     yield b"data: [DONE]\n\n"

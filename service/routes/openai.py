@@ -14,6 +14,7 @@ from fastapi.responses import StreamingResponse
 from models.store import LoadedModel
 
 from ..deps import EngineDep, ReaderDep, RegistryDep
+from ..errors import JSONResponse
 from ..openai.completions import complete, prepare, stream
 from ..schemas.openai import Completion, CompletionRequest, ModelCard, ModelCardList, OpenAIError
 
@@ -61,7 +62,7 @@ async def get_model(model: str, engine: EngineDep) -> ModelCard:
 )
 async def completions(
     body: CompletionRequest, engine: EngineDep, _: ReaderDep
-) -> Completion | StreamingResponse:
+) -> JSONResponse | StreamingResponse:
     plan = prepare(engine, body)
     if body.stream:
         return StreamingResponse(
@@ -69,4 +70,6 @@ async def completions(
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    return await complete(engine, plan)
+    # A response, not a model: FastAPI would validate the whole answer again (`Completion`
+    # documents it; tests/service/test_openai.py checks it through the SDK's own types).
+    return JSONResponse(await complete(engine, plan))

@@ -263,3 +263,23 @@ async def test_only_v1_speaks_openais_error_shape(client) -> None:
     assert r.json()["status"] == 404 and r.json()["error"] == "not_found"
     spec = (await client.get("/openapi.json")).json()
     assert "/v1/completions" in spec["paths"] and "/v1/chat/completions" not in spec["paths"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"logprobs": 3, "n": 2, "seed": 1},
+        {"echo": True, "logprobs": 2},
+        {"prompt": PROMPTS, "stop": ["."], "temperature": 0},
+    ],
+)
+async def test_answers_match_the_documented_schema(client, extra: dict) -> None:
+    from service.schemas.openai import Completion
+
+    body = {"model": "rnn", "prompt": PROMPTS[0], "max_tokens": 3, **extra}
+    r = await client.post("/v1/completions", json=body)
+    assert r.status_code == 200, r.text
+    answer = Completion.model_validate(r.json())
+    prompts = len(body["prompt"]) if isinstance(body["prompt"], list) else 1
+    assert [c.index for c in answer.choices] == list(range(prompts * body.get("n", 1)))
