@@ -109,13 +109,17 @@ export function mount(root, ctx) {
     stream = new EventSource(`/jobs/${id}/events`);
     const read = (handler) => (ev) => handler(JSON.parse(ev.data));
     stream.addEventListener("status", read(onJob));
+    // Progress at an epoch's end (and at the run's) carries the epoch's mean loss, not the
+    // latest window's: plotted among the window losses it would show as a spike.
+    const epochSteps = new Set();
     stream.addEventListener("progress", read((p) => {
-      if (Number.isFinite(p.loss) && Number.isFinite(p.step)) loss.push([p.step, p.loss]);
+      if (Number.isFinite(p.loss) && Number.isFinite(p.step) && !epochSteps.has(p.step)) loss.push([p.step, p.loss]);
       progress.value = p.progress ?? progress.value;
       status.textContent = `job ${id}: running · step ${p.step}/${p.total_steps ?? "?"} · loss ${fmt(p.loss)}`;
       draw();
     }));
     stream.addEventListener("epoch", read((e) => {
+      epochSteps.add(e.step);
       if (e.val_ppl) ppl.push([e.epoch, e.val_ppl]);
       draw();
     }));
