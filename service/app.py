@@ -22,9 +22,11 @@ from .inference import InferenceEngine
 from .jobs.manager import JobManager
 from .limits import BodyLimitMiddleware
 from .metrics.gc_pauses import freeze_heap
-from .openai.errors import OpenAIErrorShape
+from .oip import errors as oip_errors
+from .openai import errors as openai_errors
+from .openai.errors import ErrorShape
 from .registry import ModelRegistry
-from .routes import gates, health, jobs, models, openai, predict, score, sessions
+from .routes import gates, health, jobs, models, oip, openai, predict, score, sessions
 from .settings import Settings
 from .ui import install as install_ui
 
@@ -128,7 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     errors.install(app)
-    routers = (health, models, predict, score, gates, sessions, jobs, openai)
+    routers = (health, models, predict, score, gates, sessions, jobs, openai, oip)
     for router in (r.router for r in routers):
         app.include_router(router)
     app.add_middleware(
@@ -136,7 +138,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         max_upload_bytes=settings.max_corpus_bytes + 64 * 1024,
     )
-    app.add_middleware(OpenAIErrorShape)  # outside the body guard: its refusals too
+    # Outside the body guard, so its refusals get each protocol's shape too.
+    app.add_middleware(ErrorShape, prefix="/v1", translate=openai_errors.translate)
+    app.add_middleware(ErrorShape, prefix="/v2", translate=oip_errors.translate)
     metrics.install(app)
     metrics.set_batch_limit(settings.max_batch_size)
     logs.install(app)

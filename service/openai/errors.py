@@ -1,4 +1,5 @@
-"""OpenAI's error shape on `/v1/*`: `{"error": {"message", "type", "param", "code"}}`.
+"""OpenAI's error shape on `/v1/*`: `{"error": {"message", "type", "param", "code"}}`
+(and, through the same middleware, the Open Inference Protocol's on `/v2/*`).
 
 Every error on those paths, whoever raised it (a route, validation, the API key check, the
 body-size guard that answers before any route runs, an unknown path), first becomes
@@ -10,6 +11,7 @@ OpenAI's SDKs read the message from it, and answer every invalid request with 40
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -61,15 +63,21 @@ def translate(status: int, body: bytes) -> tuple[int, bytes]:
     return status, orjson.dumps(openai_error(status, message, _param(detail), code))
 
 
-class OpenAIErrorShape:
-    """ASGI middleware: error answers on `/v1/*` in OpenAI's shape, the rest untouched."""
+Translate = Callable[[int, bytes], tuple[int, bytes]]
 
-    def __init__(self, app: ASGIApp) -> None:
+
+class ErrorShape:
+    """ASGI middleware: error answers under `prefix` rewritten by `translate` (status and
+    Gatehouse's error body in, status and the protocol's body out), the rest untouched."""
+
+    def __init__(self, app: ASGIApp, prefix: str, translate: Translate) -> None:
         self.app = app
+        self.prefix = prefix
+        self.translate = translate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
-        if not (path == PREFIX or path.startswith(PREFIX + "/")):
+        if not (path == self.prefix or path.startswith(self.prefix + "/")):
             await self.app(scope, receive, send)
             return
         start: Message | None = None
@@ -89,7 +97,7 @@ class OpenAIErrorShape:
             chunks.append(message.get("body", b""))
             if message.get("more_body", False):
                 return
-            status, body = translate(start["status"], b"".join(chunks))
+            status, body = self.translate(start["status"], b"".join(chunks))
             replaced = (b"content-length", b"content-type")
             headers = [(k, v) for k, v in start.get("headers", []) if k.lower() not in replaced]
             headers.append((b"content-length", str(len(body)).encode()))

@@ -1,0 +1,21 @@
+"""The Open Inference Protocol's error shape on `/v2/*`: `{"error": "<message>"}`.
+
+`tritonclient` shows that string as the exception's message.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+
+def translate(status: int, body: bytes) -> tuple[int, bytes]:
+    """Gatehouse's error body -> (status, the protocol's error body); 422 becomes 400."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict) and "message" in parsed:
+        message = str(parsed["message"])
+    else:
+        message = body.decode(errors="replace")
+    return (400 if status == 422 else status), orjson.dumps({"error": message})

@@ -1,0 +1,80 @@
+"""The Open Inference Protocol v2 (KServe / Triton HTTP): server and model metadata, health,
+readiness, and `infer` (JSON or the binary tensor extension). Errors: `{"error": "..."}`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from ..deps import EngineDep, ReaderDep, RegistryDep
+from ..errors import ApiError
+from ..oip.infer import infer as run_infer
+from ..oip.infer import metadata, model_ref
+from ..oip.tensors import HEADER, parse_body
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": 'Invalid request: `{"error": "..."}`'},
+    404: {"description": 'Unknown model or version: `{"error": "..."}`'},
+    503: {"description": 'No model loaded yet, or overloaded: `{"error": "..."}`'},
+}
+
+
+@router.get("", summary="Server metadata")
+async def server_metadata(request: Request) -> dict[str, Any]:
+    return {
+        "name": "gatehouse",
+        "version": request.app.version,
+        "extensions": ["binary_tensor_data"],
+    }
+
+
+@router.get("/health/live", summary="Liveness: 200 while the process runs")
+async def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/health/ready", summary="Readiness: 200 once a model is loaded", responses=ERRORS)
+async def ready(registry: RegistryDep) -> dict[str, bool]:
+    if not registry.ready:
+        raise ApiError(503, "no model is loaded yet", headers={"Retry-After": "5"})
+    return {"ready": True}
+
+
+@router.get("/models/{name}", summary="Model metadata", responses=ERRORS)
+@router.get("/models/{name}/versions/{version}", summary="Model metadata", responses=ERRORS)
+async def model_metadata(
+    name: str, engine: EngineDep, registry: RegistryDep, version: str | None = None
+) -> dict[str, Any]:
+    return metadata(registry, engine.resolve(model_ref(name, version)))
+
+
+@router.get("/models/{name}/ready", summary="Model readiness", responses=ERRORS)
+@router.get("/models/{name}/versions/{version}/ready", summary="Model readiness", responses=ERRORS)
+async def model_ready(name: str, engine: EngineDep, version: str | None = None) -> dict[str, Any]:
+    loaded = engine.resolve(model_ref(name, version))
+    return {"name": loaded.name, "ready": True}
+
+
+@router.post(
+    "/models/{name}/infer", summary="Next-word distributions (OIP infer)", responses=ERRORS
+)
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    summary="Next-word distributions (OIP infer)",
+    responses=ERRORS,
+)
+async def infer(
+    name: str, request: Request, engine: EngineDep, _: ReaderDep, version: str | None = None
+) -> Response:
+    header, binary = parse_body(await request.body(), request.headers.get(HEADER))
+    body, header_length = await run_infer(engine, model_ref(name, version), header, binary)
+    if header_length is None:
+        return Response(body, media_type="application/json")
+    return Response(
+        body,
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(header_length)},
+    )

@@ -1,0 +1,125 @@
+"""The Open Inference Protocol v2, driven by the real `tritonclient.http` (binary tensors by
+default, and JSON) against a real server process, checked against /predict."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
+
+from tests.helpers import ServerProcess
+
+pytestmark = pytest.mark.numerics
+
+TEXTS = ["the clouds are in the", "i grew up in france . i speak", "the keys to the old"]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    model_dir = tmp_path_factory.mktemp("oip") / "models"
+    shutil.copytree(tiny_store, model_dir)
+    proc = ServerProcess(model_dir, "--no-bootstrap")
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> Iterator[triton.InferenceServerClient]:
+    c = triton.InferenceServerClient(url=server.url.removeprefix("http://"))
+    yield c
+    c.close()
+
+
+def test_live_ready_and_metadata(client: triton.InferenceServerClient) -> None:
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("lstm") and client.is_model_ready("gru", "1")
+    assert not client.is_model_ready("nope") and not client.is_model_ready("gru", "7")
+    meta = client.get_server_metadata()
+    assert meta["name"] == "gatehouse" and "binary_tensor_data" in meta["extensions"]
+    model = client.get_model_metadata("gru")
+    assert model["name"] == "gru" and model["versions"] == ["1"]
+    assert [i["name"] for i in model["inputs"]] == ["text"]
+    assert {o["name"]: o["datatype"] for o in model["outputs"]} == {
+        "next_words": "BYTES",
+        "next_word_probs": "FP32",
+    }
+
+
+@pytest.mark.parametrize("binary", [True, False])
+@pytest.mark.parametrize("arch", ["rnn", "lstm", "gru"])
+def test_infer_equals_predict(
+    client: triton.InferenceServerClient, server: ServerProcess, arch: str, binary: bool
+) -> None:
+    text = triton.InferInput("text", [len(TEXTS)], "BYTES")
+    text.set_data_from_numpy(np.array([t.encode() for t in TEXTS], dtype=object), binary)
+    outputs = [
+        triton.InferRequestedOutput("next_words", binary_data=binary),
+        triton.InferRequestedOutput("next_word_probs", binary_data=binary),
+    ]
+    result = client.infer(arch, [text], outputs=outputs, parameters={"top_k": 4})
+    words, probs = result.as_numpy("next_words"), result.as_numpy("next_word_probs")
+    assert words.shape == (3, 4) and probs.shape == (3, 4)
+    want = httpx.post(
+        server.url + "/predict", json={"model": arch, "texts": TEXTS, "top_k": 4}
+    ).json()["results"]
+    for row_words, row_probs, res in zip(words, probs, want, strict=True):
+        expected = [p["word"] for p in res["predictions"]]
+        assert [w.decode() if isinstance(w, bytes) else w for w in row_words] == expected
+        assert np.allclose(row_probs, [p["prob"] for p in res["predictions"]], atol=1e-5)
+    assert result.get_response()["model_version"] == "1"
+
+
+def test_default_outputs_come_back_binary(client: triton.InferenceServerClient) -> None:
+    text = triton.InferInput("text", [1], "BYTES")
+    text.set_data_from_numpy(np.array([b"the sky"], dtype=object))
+    result = client.infer("lstm", [text], model_version="1")  # no outputs named: all, binary
+    assert result.as_numpy("next_words").shape == (1, 5)
+    assert result.as_numpy("next_word_probs").dtype == np.float32
+
+
+def test_errors_surface_through_the_client(
+    client: triton.InferenceServerClient, server: ServerProcess
+) -> None:
+    text = triton.InferInput("text", [1], "BYTES")
+    text.set_data_from_numpy(np.array([b"the sky"], dtype=object))
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("nope", [text])
+    assert "unknown model 'nope'" in e.value.message() and e.value.status() == "404"
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("lstm", [text], parameters={"top_k": 1000})
+    assert "top_k" in e.value.message() and e.value.status() in ("400", "422")
+    wrong = triton.InferInput("ids", [1], "INT64")
+    wrong.set_data_from_numpy(np.array([3], dtype=np.int64))
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("lstm", [wrong])
+    assert "input 'text' is missing" in e.value.message()
+    r = httpx.post(server.url + "/v2/models/lstm/infer", content=b"{", headers={})
+    assert r.status_code == 400 and isinstance(r.json()["error"], str)
+    r = httpx.post(
+        server.url + "/v2/models/lstm/infer",
+        content=b'{"inputs": []}',
+        headers={"Inference-Header-Content-Length": "999"},
+    )
+    assert r.status_code == 400 and "outside the body" in r.json()["error"]
+
+
+async def test_not_ready_without_models_and_only_v2_has_this_shape(make_client, tmp_path) -> None:
+    from tests.service.conftest import make_settings
+
+    empty = await make_client(make_settings(tmp_path / "empty"))
+    r = await empty.get("/v2/health/ready")
+    assert r.status_code == 503 and r.json() == {"error": "no model is loaded yet"}
+    assert (await empty.get("/v2/health/live")).status_code == 200
+    r = await empty.post("/v2/models/lstm/infer", json={"inputs": []})
+    assert r.status_code == 400 and r.json() == {"error": "inputs: a non-empty list is required"}
+    r = await empty.post("/predict", json={"text": "a"})
+    assert r.json()["status"] == 503 and r.json()["error"] == "service_unavailable"
