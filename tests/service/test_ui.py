@@ -310,6 +310,15 @@ def test_training_from_the_page(page, server: ServerProcess) -> None:
     assert served["ui-gru"] == 1
     page.click("nav a[data-view=models]")
     page.wait_for_selector(".version[data-name=ui-gru] svg path.series")
+    # The comparison chart has one line per served model with a recorded curve.
+    with_curve = 0
+    for name, version in served.items():
+        info = httpx.get(f"{server.url}/models/{name}").json()
+        kept = next(v for v in info["versions"] if v["version"] == version)
+        with_curve += any(h.get("val_ppl") is not None for h in kept.get("history") or [])
+    compared = int(page.get_attribute("#models-compare", "data-series") or 0)
+    assert compared == with_curve >= 4  # the three defaults and ui-gru at least
+    assert page.locator("#models-compare path.series").count() == compared
     shot(page, "models")
     # A second job, on an uploaded text file, cancelled from the page.
     page.click("nav a[data-view=train]")
