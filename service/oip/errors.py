@@ -6,6 +6,9 @@
 from __future__ import annotations
 
 import orjson
+from pydantic import ValidationError
+
+from ..errors import ApiError
 
 
 def translate(status: int, body: bytes) -> tuple[int, bytes]:
@@ -19,3 +22,11 @@ def translate(status: int, body: bytes) -> tuple[int, bytes]:
     else:
         message = body.decode(errors="replace")
     return (400 if status == 422 else status), orjson.dumps({"error": message})
+
+
+def invalid(e: ValidationError) -> ApiError:
+    """A 400 naming each invalid parameter, from pydantic's report."""
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()[:5]
+    )
+    return ApiError(400, problems)

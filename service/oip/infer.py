@@ -3,10 +3,12 @@ limits and metrics as `/predict`, which is also what its numbers must equal.
 
 Input `text` (BYTES, shape [B]); outputs `next_words` (BYTES [B, k]) and `next_word_probs`
 (FP32 [B, k]); request parameters `top_k` (default 5) and `temperature` (default 1).
+With `sequence_id`, the request is one step of a sequence held as a session (`sequences.py`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -17,7 +19,10 @@ from models.store import LoadedModel
 from ..errors import ApiError
 from ..inference import InferenceEngine
 from ..registry import ModelRegistry
-from ..schemas.predict import PredictBatchResponse, PredictRequest
+from ..schemas.predict import PredictBatchResponse, PredictRequest, PredictResponse
+from ..schemas.sessions import FeedResponse
+from .errors import invalid
+from .sequences import Sequences
 from .tensors import encode_response, input_texts
 
 OUTPUTS = {"next_words": "BYTES", "next_word_probs": "FP32"}
@@ -67,28 +72,33 @@ def _wanted(request: dict[str, Any]) -> tuple[list[str], set[str]]:
 
 
 async def infer(
-    engine: InferenceEngine, ref: str, request: dict[str, Any], binary: bytes
+    engine: InferenceEngine,
+    sequences: Sequences,
+    ref: str,
+    request: dict[str, Any],
+    binary: bytes,
 ) -> tuple[bytes, int | None]:
     texts = input_texts(request, binary)
     names, binary_outputs = _wanted(request)
     params = request.get("parameters") or {}
     if not isinstance(params, dict):
         raise ApiError(400, "parameters must be an object")
-    try:
-        req = PredictRequest(
-            texts=texts,
-            model=ref,
-            top_k=params.get("top_k", 5),
-            temperature=params.get("temperature", 1.0),
-        )
-    except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()[:5]
-        )
-        raise ApiError(400, problems) from None
-    answer = await engine.predict(req)
-    assert isinstance(answer, PredictBatchResponse)
-    rows = answer.results
+    rows: Sequence[PredictResponse | FeedResponse]
+    if params.get("sequence_id") not in (None, 0, ""):
+        rows = [await sequences.step(engine, ref, params, texts)]
+    else:
+        try:
+            req = PredictRequest(
+                texts=texts,
+                model=ref,
+                top_k=params.get("top_k", 5),
+                temperature=params.get("temperature", 1.0),
+            )
+        except ValidationError as e:
+            raise invalid(e) from None
+        answer = await engine.predict(req)
+        assert isinstance(answer, PredictBatchResponse)
+        rows = answer.results
     words = np.array([[p.word for p in r.predictions] for r in rows], dtype=object)
     probs = np.array([[p.prob for p in r.predictions] for r in rows], dtype=np.float32)
     values = {"next_words": words, "next_word_probs": probs}

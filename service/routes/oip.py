@@ -11,6 +11,7 @@ from ..deps import EngineDep, ReaderDep, RegistryDep
 from ..errors import ApiError
 from ..oip.infer import infer as run_infer
 from ..oip.infer import metadata, model_ref
+from ..oip.sequences import Sequences
 from ..oip.tensors import HEADER, parse_body
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
@@ -20,6 +21,14 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": 'Unknown model or version: `{"error": "..."}`'},
     503: {"description": 'No model loaded yet, or overloaded: `{"error": "..."}`'},
 }
+
+
+def _sequences(request: Request) -> Sequences:
+    """The app's one map of OIP sequences to sessions, made on first use."""
+    state = request.app.state
+    if not hasattr(state, "oip_sequences"):
+        state.oip_sequences = Sequences()
+    return state.oip_sequences
 
 
 @router.get("", summary="Server metadata")
@@ -70,7 +79,8 @@ async def infer(
     name: str, request: Request, engine: EngineDep, _: ReaderDep, version: str | None = None
 ) -> Response:
     header, binary = parse_body(await request.body(), request.headers.get(HEADER))
-    body, header_length = await run_infer(engine, model_ref(name, version), header, binary)
+    ref = model_ref(name, version)
+    body, header_length = await run_infer(engine, _sequences(request), ref, header, binary)
     if header_length is None:
         return Response(body, media_type="application/json")
     return Response(

@@ -112,6 +112,42 @@ def test_errors_surface_through_the_client(
     assert r.status_code == 400 and "outside the body" in r.json()["error"]
 
 
+def test_a_three_step_sequence_equals_a_session(
+    client: triton.InferenceServerClient, server: ServerProcess
+) -> None:
+    steps = ["i grew up in france .", "the clouds are in the sky .", "i speak fluent"]
+    sid = httpx.post(server.url + "/sessions", json={"model": "lstm"}).json()["session_id"]
+    for n, step in enumerate(steps):
+        text = triton.InferInput("text", [1], "BYTES")
+        text.set_data_from_numpy(np.array([step.encode()], dtype=object))
+        result = client.infer(
+            "lstm",
+            [text],
+            sequence_id=42,
+            sequence_start=n == 0,
+            sequence_end=n == len(steps) - 1,
+            parameters={"top_k": 3},
+        )
+        fed = httpx.post(
+            f"{server.url}/sessions/{sid}/feed", json={"text": step, "top_k": 3}
+        ).json()["predictions"]
+        words = [w.decode() for w in result.as_numpy("next_words")[0]]
+        assert words == [p["word"] for p in fed]
+        assert np.allclose(
+            result.as_numpy("next_word_probs")[0], [p["prob"] for p in fed], atol=1e-5
+        )
+    text = triton.InferInput("text", [1], "BYTES")
+    text.set_data_from_numpy(np.array([b"more"], dtype=object))
+    with pytest.raises(InferenceServerException) as e:  # ended: a new step needs a new start
+        client.infer("lstm", [text], sequence_id=42)
+    assert "has not started" in e.value.message()
+    two = triton.InferInput("text", [2], "BYTES")
+    two.set_data_from_numpy(np.array([b"a", b"b"], dtype=object))
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("lstm", [two], sequence_id=7, sequence_start=True)
+    assert "one text" in e.value.message()
+
+
 async def test_not_ready_without_models_and_only_v2_has_this_shape(make_client, tmp_path) -> None:
     from tests.service.conftest import make_settings
 
