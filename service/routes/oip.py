@@ -1,14 +1,18 @@
 """The Open Inference Protocol v2 (KServe / Triton HTTP): server and model metadata, health,
-readiness, and `infer` (JSON or the binary tensor extension). Errors: `{"error": "..."}`."""
+readiness, `infer` (JSON or the binary tensor extension) and the generate extension.
+Errors: `{"error": "..."}`."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
 
 from ..deps import EngineDep, ReaderDep, RegistryDep
 from ..errors import ApiError
+from ..oip import generate as oip_generate
 from ..oip.infer import infer as run_infer
 from ..oip.infer import metadata, model_ref
 from ..oip.sequences import Sequences
@@ -87,4 +91,41 @@ async def infer(
         body,
         media_type="application/octet-stream",
         headers={"Inference-Header-Content-Length": str(header_length)},
+    )
+
+
+async def _json(request: Request) -> Any:
+    try:
+        return orjson.loads(await request.body())
+    except orjson.JSONDecodeError as e:
+        raise ApiError(400, f"the request is not JSON: {e}") from None
+
+
+@router.post("/models/{name}/generate", summary="Generate extension", responses=ERRORS)
+@router.post(
+    "/models/{name}/versions/{version}/generate", summary="Generate extension", responses=ERRORS
+)
+async def generate(
+    name: str, request: Request, engine: EngineDep, _: ReaderDep, version: str | None = None
+) -> dict[str, Any]:
+    checked = oip_generate.plan(engine, model_ref(name, version), await _json(request))
+    return await oip_generate.run(engine, checked)
+
+
+@router.post(
+    "/models/{name}/generate_stream", summary="Generate extension, streamed", responses=ERRORS
+)
+@router.post(
+    "/models/{name}/versions/{version}/generate_stream",
+    summary="Generate extension, streamed",
+    responses=ERRORS,
+)
+async def generate_stream(
+    name: str, request: Request, engine: EngineDep, _: ReaderDep, version: str | None = None
+) -> StreamingResponse:
+    checked = oip_generate.plan(engine, model_ref(name, version), await _json(request))
+    return StreamingResponse(
+        oip_generate.events(engine, checked),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

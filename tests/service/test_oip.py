@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
@@ -146,6 +147,33 @@ def test_a_three_step_sequence_equals_a_session(
     with pytest.raises(InferenceServerException) as e:
         client.infer("lstm", [two], sequence_id=7, sequence_start=True)
     assert "one text" in e.value.message()
+
+
+def test_generate_extension_equals_generate(server: ServerProcess) -> None:
+    base = server.url + "/v2/models/gru"
+    opts = {"temperature": 1.2, "top_k": 8, "seed": 4}
+    want = httpx.post(
+        server.url + "/generate", json={"model": "gru", "text": TEXTS[0], "max_words": 6, **opts}
+    ).json()
+    body = {"text_input": TEXTS[0], "parameters": {"max_tokens": 6, **opts}}
+    got = httpx.post(base + "/generate", json=body).json()
+    assert got == {"model_name": "gru", "model_version": "1", "text_output": want["text"]}
+    top_level = httpx.post(
+        base + "/versions/1/generate", json={"text_input": TEXTS[0], "max_tokens": 6, **opts}
+    )
+    assert top_level.json()["text_output"] == want["text"]
+    with httpx.stream("POST", base + "/generate_stream", json=body, timeout=30) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        pieces = [
+            orjson.loads(line.removeprefix("data: "))["text_output"]
+            for line in r.iter_lines()
+            if line.startswith("data: ")
+        ]
+    assert [p.strip() for p in pieces] == want["words"]
+    r = httpx.post(base + "/generate", json={"parameters": {}})
+    assert r.status_code == 400 and "text_input" in r.json()["error"]
+    r = httpx.post(base + "/generate", json={"text_input": "a", "max_tokens": 0})
+    assert r.status_code == 400 and "max_words" in r.json()["error"]
 
 
 async def test_not_ready_without_models_and_only_v2_has_this_shape(make_client, tmp_path) -> None:
