@@ -17,6 +17,7 @@ from models.device import resolve_device
 
 from . import errors, logs, metrics
 from .bootstrap import bootstrap_defaults
+from .error_shapes import ErrorShape
 from .errors import JSONResponse
 from .inference import InferenceEngine
 from .jobs.manager import JobManager
@@ -24,7 +25,6 @@ from .limits import BodyLimitMiddleware
 from .metrics.gc_pauses import freeze_heap
 from .oip import errors as oip_errors
 from .openai import errors as openai_errors
-from .openai.errors import ErrorShape
 from .registry import ModelRegistry
 from .routes import gates, health, jobs, models, oip, openai, predict, score, sessions
 from .settings import Settings
