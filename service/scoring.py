@@ -17,6 +17,8 @@ import torch
 
 from models.lm import RNNLM
 
+from .steps import padded_ids
+
 # Logits held at once while decoding: 16M floats (64 MiB) whatever the vocabulary.
 _LOGITS_PER_CHUNK = 1 << 24
 
@@ -43,18 +45,11 @@ def run_scores(model: RNNLM, rows: Sequence[ScoreRow]) -> list[ScoreResult]:
     if not rows:
         return []
     device = model.decoder.weight.device
-    lengths = [len(r.ids) for r in rows]
-    if min(lengths) < 1:
-        raise ValueError("every row needs at least one token")
-    width = max(lengths)
     vocab = model.cfg.vocab_size
     k = min(max(r.top_k for r in rows), vocab)
     with torch.inference_mode():
-        ids = torch.tensor(
-            [list(r.ids) + [0] * (width - len(r.ids)) for r in rows],
-            dtype=torch.long,
-            device=device,
-        )
+        ids, lengths = padded_ids([r.ids for r in rows], device)
+        width = ids.shape[1]
         out, _ = model.rnn(model.drop(model.embedding(ids)))  # [B, T, H]
         # Position t predicts token t + 1; a row's positions past its last-but-one are padding.
         wanted = torch.tensor([n - 1 for n in lengths], device=device)

@@ -63,6 +63,17 @@ def _row_state(hidden: Hidden, i: int) -> RowState:
     return hidden[:, i].clone()
 
 
+def padded_ids(rows: Sequence[Sequence[int]], device: torch.device) -> tuple[Tensor, list[int]]:
+    """[B, T] ids padded with 0 to the longest row, and each row's length (all >= 1)."""
+    lengths = [len(r) for r in rows]
+    if min(lengths) < 1:
+        raise ValueError("every row needs at least one token")
+    width = max(lengths)
+    # One tensor built from Python lists: far cheaper than a per-row index_put.
+    padded = [list(r) + [0] * (width - len(r)) for r in rows]
+    return torch.tensor(padded, dtype=torch.long, device=device), lengths
+
+
 def run_steps(model: RNNLM, steps: Sequence[Step]) -> list[StepResult]:
     """Run every row in one forward pass; result i belongs to steps[i].
 
@@ -71,14 +82,8 @@ def run_steps(model: RNNLM, steps: Sequence[Step]) -> list[StepResult]:
     if not steps:
         return []
     device = model.decoder.weight.device
-    lengths = [len(s.ids) for s in steps]
-    if min(lengths) < 1:
-        raise ValueError("every step needs at least one token")
-    width = max(lengths)
     with torch.inference_mode():
-        # One tensor built from Python lists: far cheaper than a per-row index_put.
-        rows = [list(s.ids) + [0] * (width - len(s.ids)) for s in steps]
-        ids = torch.tensor(rows, dtype=torch.long, device=device)
+        ids, lengths = padded_ids([s.ids for s in steps], device)
         hidden = _stack_states(model, steps, device)
         logits, hidden = model.forward_last(ids, torch.tensor(lengths), hidden)
         logits = logits.float()
