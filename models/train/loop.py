@@ -27,13 +27,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+import models.train.state as train_state
 from models import checkpoint as ckpt
 from models.corpus import Corpus
 from models.device import resolve_device
 from models.evaluate import final_metrics, nll_sum
 from models.lm import RNNLM
 
-from . import state as train_state
 from .check import HeldOutCheck
 from .config import STOP_CHECKPOINT, TrainConfig, TrainingCancelled, TrainingError, TrainResult
 from .state import LoopState

@@ -9,6 +9,7 @@ evicted is unknown again, and the map drops it.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from pydantic import ValidationError
@@ -46,10 +47,8 @@ class Sequences:
         if params.get("sequence_start") is True:
             old = self._sessions.pop(key, None)
             if old is not None:
-                try:
+                with contextlib.suppress(SessionNotFound):  # expired meanwhile: nothing to end
                     store.delete(old)
-                except SessionNotFound:
-                    pass  # expired meanwhile: nothing to end
             self._prune(engine)
             self._sessions[key] = store.create(engine.resolve(ref)).id
         session_id = self._sessions.get(key)
@@ -72,8 +71,6 @@ class Sequences:
             raise
         if params.get("sequence_end") is True:
             self._sessions.pop(key, None)
-            try:
+            with contextlib.suppress(SessionNotFound):  # the TTL may have ended it already
                 store.delete(session_id)
-            except SessionNotFound:
-                pass
         return answer

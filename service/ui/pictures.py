@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
 
+import service.ui.render as render
 from models.gates import GATE_KEYS
 
 from ..deps import EngineDep, ReaderDep
@@ -25,7 +26,6 @@ from ..routes.gates import parse_indices
 from ..routes.predict import ERRORS
 from ..schemas.common import MODEL_REF_PATTERN
 from ..schemas.gates import GatesRequest
-from . import render
 
 router = APIRouter(tags=["inspection"])
 
