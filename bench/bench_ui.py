@@ -32,6 +32,7 @@ from .server import Server
 
 TOKENS, HIDDEN, LAYERS = 512, 650, 2
 CHROMIUM = os.environ.get("GATEHOUSE_CHROMIUM", "/usr/bin/chromium")
+# Root on a closed network: no sandbox, and none of Chromium's own calls home.
 LAUNCH_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

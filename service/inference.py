@@ -33,7 +33,7 @@ from .generation import Generation, Sampling
 from .logs import set_request_model
 from .prepare import prepare
 from .registry import ModelRegistry
-from .schemas.common import Prediction
+from .schemas.common import Prediction, TextsRequest
 from .schemas.predict import (
     GenerateRequest,
     GenerateResponse,
@@ -166,13 +166,17 @@ class InferenceEngine:
         itos = loaded.tokenizer.vocab.itos
         return [Prediction(word=itos[i], prob=p) for i, p in zip(ids, probs, strict=True)]
 
-    async def predict(self, req: PredictRequest) -> PredictResponse | PredictBatchResponse:
-        texts = [req.text] if req.text is not None else req.texts or []
+    def _admit(self, req: TextsRequest, top_k: int) -> tuple[LoadedModel, list[Encoded]]:
+        """The limits every text request meets, then its model and its texts encoded."""
+        texts = req.all_texts()
         if len(texts) > self.settings.max_texts:
             raise ApiError(413, f"{len(texts)} texts, over the limit of {self.settings.max_texts}")
-        self.check_top_k(req.top_k)
+        self.check_top_k(top_k)
         loaded = self.resolve(req.model)
-        encoded = [self.encode(loaded, t) for t in texts]
+        return loaded, [self.encode(loaded, t) for t in texts]
+
+    async def predict(self, req: PredictRequest) -> PredictResponse | PredictBatchResponse:
+        loaded, encoded = self._admit(req, req.top_k)
         rows = [Step(e.ids, top_k=req.top_k, temperature=req.temperature) for e in encoded]
         results = await self._steps(loaded, rows)
         answers = [
@@ -203,12 +207,7 @@ class InferenceEngine:
         return await self._steps(loaded, rows)
 
     async def score(self, req: ScoreRequest) -> ScoreResponse | ScoreBatchResponse:
-        texts = [req.text] if req.text is not None else req.texts or []
-        if len(texts) > self.settings.max_texts:
-            raise ApiError(413, f"{len(texts)} texts, over the limit of {self.settings.max_texts}")
-        self.check_top_k(req.top_k)
-        loaded = self.resolve(req.model)
-        encoded = [self.encode(loaded, t) for t in texts]
+        loaded, encoded = self._admit(req, req.top_k)
         results = await self.score_rows(loaded, [ScoreRow(e.ids, req.top_k) for e in encoded])
         answers = [
             _score_response(loaded, e, r, req.top_k) for e, r in zip(encoded, results, strict=True)

@@ -6,22 +6,13 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from .common import ModelRef, Prediction, Request, Served, Text
+from .common import ModelRef, Prediction, Request, Served, Text, TextsRequest
 
 
-class PredictRequest(Request):
-    text: Text | None = Field(None, description="One text; give this or `texts`.")
-    texts: list[Text] | None = Field(None, min_length=1, description="A batch of texts.")
-    model: str | None = ModelRef
+class PredictRequest(TextsRequest):
     top_k: int = Field(5, ge=1, description="How many next words to return.")
     # Below 0.01, logits / T overflows float32 and the softmax turns to NaN.
     temperature: float = Field(1.0, ge=0.01, le=100, description="Softmax temperature.")
-
-    @model_validator(mode="after")
-    def _one_of(self) -> PredictRequest:
-        if (self.text is None) == (self.texts is None):
-            raise ValueError("give exactly one of `text` or `texts`")
-        return self
 
     model_config = {
         "json_schema_extra": {

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field
 
-from .common import ModelRef, Prediction, Request, Served, Text
+from .common import Prediction, Served, TextsRequest
 
 
-class ScoreRequest(Request):
-    text: Text | None = Field(None, description="One text; give this or `texts`.")
-    texts: list[Text] | None = Field(None, min_length=1, description="A batch of texts.")
-    model: str | None = ModelRef
+class ScoreRequest(TextsRequest):
     top_k: int = Field(
         0, ge=0, description="Also return the model's k likeliest words at each position."
     )
-
-    @model_validator(mode="after")
-    def _one_of(self) -> ScoreRequest:
-        if (self.text is None) == (self.texts is None):
-            raise ValueError("give exactly one of `text` or `texts`")
-        return self
 
     model_config = {
         "json_schema_extra": {

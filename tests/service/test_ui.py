@@ -9,7 +9,6 @@ the page's Content-Security-Policy forbids the eval Playwright would use for tho
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -18,25 +17,17 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.bench_ui import CHROMIUM, LAUNCH_ARGS
 from tests.helpers import REPO, TINY_TEXT, ServerProcess
 
-pytestmark = pytest.mark.numerics
-
-CHROMIUM = os.environ.get("GATEHOUSE_CHROMIUM", "/usr/bin/chromium")
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (make system-deps)"
-)
+pytestmark = [
+    pytest.mark.numerics,
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (make system-deps)"
+    ),
+]
 sync_api = pytest.importorskip("playwright.sync_api")
 
-# Root on a closed network: no sandbox, and none of Chromium's own calls home.
-LAUNCH_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 KEY = "ui-test-key"
 SHOTS = REPO / "build" / "ui-screenshots"
 WAIT_MS = 60_000
