@@ -13,7 +13,14 @@ pass over 32 rows costs nearly as much as over 64 (reading the weights dominates
 full pass beats two half ones that chase each other. A lone client never waits.
 
 The queue is bounded: past `max_queue` waiting items `submit` raises `QueueFull` at once, with
-a retry estimate, instead of growing memory and latency without limit.
+a retry estimate, instead of growing memory and latency without limit. A request that is
+cancelled (its client has gone) gives its slot back at once, and its rows are never computed.
+
+Heavy items (`heavy=True`: a `/gates` trace is tens of forward passes' worth of work) run alone,
+share the same bound, and have their own small one, `max_heavy` waiting or running. While
+light rows wait, heavy items get at most `heavy_share` of the worker's time: after a heavy item
+of s seconds, light batches run for s * (1 - share) / share seconds before the next one. With no
+light work waiting they run straight away, so the worker never idles with work queued.
 """
 
 from __future__ import annotations
@@ -42,8 +49,8 @@ BatchHook = Callable[[Any, list[Any], list[float], float], None]
 class QueueFull(Exception):
     """The batch queue is at its bound; retry after `retry_after_s` seconds."""
 
-    def __init__(self, queued: int, limit: int, retry_after_s: int) -> None:
-        super().__init__(f"server busy: {queued} requests queued (limit {limit}); retry later")
+    def __init__(self, queued: int, limit: int, retry_after_s: int, what: str = "requests") -> None:
+        super().__init__(f"server busy: {queued} {what} queued (limit {limit}); retry later")
         self.queued = queued
         self.limit = limit
         self.retry_after_s = retry_after_s
@@ -53,6 +60,8 @@ class QueueFull(Exception):
 class _Pending:
     item: Any
     future: asyncio.Future[Any]
+    heavy: bool = False
+    queued: bool = True  # still counted in `_queued` (not yet taken, not cancelled)
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -75,15 +84,21 @@ class DynamicBatcher(Generic[K, I, R]):
         max_batch_size: int = 64,
         max_batch_delay_ms: float = 2.0,
         max_queue: int = 1024,
+        max_heavy: int = 2,
+        heavy_share: float = 0.1,
         executor: Executor | None = None,
         on_batch: BatchHook | None = None,
     ) -> None:
-        if max_batch_size < 1 or max_queue < 1 or max_batch_delay_ms < 0:
-            raise ValueError("max_batch_size and max_queue must be >= 1, the delay >= 0")
+        if max_batch_size < 1 or max_queue < 1 or max_batch_delay_ms < 0 or max_heavy < 1:
+            raise ValueError("max_batch_size, max_queue, max_heavy >= 1, the delay >= 0")
+        if not 0 < heavy_share <= 1:
+            raise ValueError("heavy_share must be in (0, 1]")
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_batch_delay_ms / 1000.0
         self.max_queue = max_queue
+        self.max_heavy = max_heavy
+        self.heavy_share = heavy_share
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="gatehouse-infer")
         self._on_batch = on_batch
@@ -95,6 +110,10 @@ class DynamicBatcher(Generic[K, I, R]):
         self._target = max_batch_size  # rows the forming batch waits for
         self._idle_since = 0.0  # when the worker last became free
         self._batch_s = 0.0  # moving average of one batch's compute time, for Retry-After
+        self._heavy: deque[tuple[K, _Pending]] = deque()
+        self._heavy_count = 0  # heavy items waiting or running
+        self._heavy_s = 0.0  # moving average of one heavy item's compute time
+        self._owed_s = 0.0  # light work time owed before the next heavy item may run
         self._wake: asyncio.Event | None = None
         self._full: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -108,34 +127,50 @@ class DynamicBatcher(Generic[K, I, R]):
     def queued(self) -> int:
         return self._queued
 
-    async def submit(self, key: K, item: I) -> R:
-        return (await self.submit_many(key, [item]))[0]
+    @property
+    def heavy(self) -> int:
+        """Heavy items waiting or running."""
+        return self._heavy_count
 
-    async def submit_many(self, key: K, items: Sequence[I]) -> list[R]:
-        """Results for `items`, in order. The rows may land in different batches."""
+    async def submit(self, key: K, item: I, *, heavy: bool = False) -> R:
+        return (await self.submit_many(key, [item], heavy=heavy))[0]
+
+    async def submit_many(self, key: K, items: Sequence[I], *, heavy: bool = False) -> list[R]:
+        """Results for `items`, in order. The rows may land in different batches; heavy
+        ones each run alone."""
         if self._closed:
             raise RuntimeError("batcher is closed")
         n = len(items)
         if n == 0:
             return []
+        if heavy and self._heavy_count + n > self.max_heavy:
+            retry = self._heavy_retry_after()
+            raise QueueFull(self._heavy_count, self.max_heavy, retry, "heavy requests")
         if self._queued + n > self.max_queue:
             raise QueueFull(self._queued, self.max_queue, self._retry_after())
         if not self.enabled:
-            return await self._direct(key, items)
+            return await self._direct(key, items, heavy)
 
         loop = asyncio.get_running_loop()
         self._ensure_dispatcher(loop)
-        queue = self._queues.setdefault(key, deque())
-        pending = [_Pending(item, loop.create_future()) for item in items]
-        queue.extend(pending)
+        pending = [_Pending(item, loop.create_future(), heavy) for item in items]
+        for p in pending:
+            p.future.add_done_callback(lambda _, p=p: self._settled(p))
         self._queued += n
         self._arrivals += n
         assert self._wake is not None and self._full is not None
+        if heavy:
+            self._heavy_count += n
+            self._heavy.extend((key, p) for p in pending)
+        else:
+            queue = self._queues.setdefault(key, deque())
+            queue.extend(pending)
+            if len(queue) >= self._target:
+                self._full.set()
         self._wake.set()
-        if len(queue) >= self._target:
-            self._full.set()
-        # Cancelling this request cancels its futures (gather cancels its children): the
-        # dispatcher skips cancelled items, and a batch already running drops their rows.
+        # Cancelling this request cancels its futures (gather cancels its children): their
+        # slots are free at once, the dispatcher skips them, and a batch already running
+        # drops their rows instead of being waited for.
         if n == 1:
             return [await pending[0].future]
         return list(await asyncio.gather(*(p.future for p in pending)))
@@ -164,6 +199,18 @@ class DynamicBatcher(Generic[K, I, R]):
         batches_ahead = math.ceil(self._queued / self.max_batch_size)
         return max(1, math.ceil(batches_ahead * self._batch_s))
 
+    def _heavy_retry_after(self) -> int:
+        # Each heavy item ahead takes its run plus the light work owed after it.
+        return max(1, math.ceil(self._heavy_count * self._heavy_s / self.heavy_share))
+
+    def _settled(self, p: _Pending) -> None:
+        """Done callback of every queued item: a cancelled one frees its slot now."""
+        if p.queued:
+            p.queued = False
+            self._queued -= 1
+        if p.heavy:
+            self._heavy_count -= 1
+
     def _note_batch_time(self, seconds: float) -> None:
         """Moving average of one batch's compute time, for Retry-After."""
         self._batch_s = seconds if self._batch_s == 0 else 0.8 * self._batch_s + 0.2 * seconds
@@ -184,20 +231,27 @@ class DynamicBatcher(Generic[K, I, R]):
         self._fail_pending("batch dispatcher failed")
 
     def _fail_pending(self, message: str) -> None:
-        for queue in self._queues.values():
-            for p in queue:
-                if not p.future.done():
-                    p.future.set_exception(RuntimeError(message))
+        waiting = [p for queue in self._queues.values() for p in queue]
+        waiting += [p for _, p in self._heavy]
+        for p in waiting:
+            if p.queued:
+                p.queued = False
+                self._queued -= 1
+            if not p.future.done():
+                p.future.set_exception(RuntimeError(message))
         self._queues.clear()
-        self._queued = 0
+        self._heavy.clear()
 
     async def _dispatch(self) -> None:
         assert self._wake is not None and self._full is not None
         loop = asyncio.get_running_loop()
         while True:
-            if not self._queues:
+            if not self._queues and not self._heavy:
                 self._wake.clear()
                 await self._wake.wait()
+                continue
+            if self._heavy and (not self._queues or self._owed_s <= 0):
+                await self._run_heavy(loop)
                 continue
             key = next(iter(self._queues))
             queue = self._queues[key]
@@ -218,16 +272,45 @@ class DynamicBatcher(Generic[K, I, R]):
             self._expect = min(self.max_batch_size, len(batch) + self._queued)
             self._idle_since = time.perf_counter()
             self._note_batch_time(compute_s)
-            for p, outcome in zip(batch, outcomes, strict=True):
-                if p.future.done():
-                    continue  # its request was cancelled meanwhile
-                if outcome.ok:
-                    p.future.set_result(outcome.value)
-                else:
-                    p.future.set_exception(outcome.value)
-            self._report(
-                key, [p.item for p in batch], [started - p.enqueued for p in batch], compute_s
+            self._owed_s -= compute_s
+            self._settle(key, batch, outcomes, started, compute_s)
+
+    async def _run_heavy(self, loop: asyncio.AbstractEventLoop) -> None:
+        key, p = self._heavy.popleft()
+        p.queued = False
+        self._queued -= 1
+        if p.future.done():
+            return  # cancelled while it waited
+        try:
+            outcomes, started, compute_s = await loop.run_in_executor(
+                self._executor, self._run_guarded, key, [p.item]
             )
+        except Exception as e:  # the executor itself failed (shut down)
+            outcomes, started, compute_s = [_Outcome(False, e)], 0.0, 0.0
+        self._idle_since = time.perf_counter()
+        self._heavy_s = compute_s if self._heavy_s == 0 else 0.8 * self._heavy_s + 0.2 * compute_s
+        # Light work owed for this run; not carried past one run's worth, so a burst of
+        # heavy items while nothing else waited does not starve them later.
+        owed = compute_s * (1 - self.heavy_share) / self.heavy_share
+        self._owed_s = min(max(self._owed_s, 0.0) + owed, 2 * owed)
+        self._settle(key, [p], outcomes, started, compute_s)
+
+    def _settle(
+        self,
+        key: K,
+        batch: list[_Pending],
+        outcomes: list[_Outcome],
+        started: float,
+        compute_s: float,
+    ) -> None:
+        for p, outcome in zip(batch, outcomes, strict=True):
+            if p.future.done():
+                continue  # its request was cancelled meanwhile
+            if outcome.ok:
+                p.future.set_result(outcome.value)
+            else:
+                p.future.set_exception(outcome.value)
+        self._report(key, [p.item for p in batch], [started - p.enqueued for p in batch], compute_s)
 
     async def _fill(self, queue: deque[_Pending]) -> None:
         """Hold a partial batch until the rows expected soon have arrived (as many as were in
@@ -255,7 +338,9 @@ class DynamicBatcher(Generic[K, I, R]):
         batch: list[_Pending] = []
         while queue and len(batch) < self.max_batch_size:
             p = queue.popleft()
-            self._queued -= 1
+            if p.queued:
+                p.queued = False
+                self._queued -= 1
             if not p.future.done():
                 batch.append(p)
         if queue:
@@ -289,11 +374,12 @@ class DynamicBatcher(Generic[K, I, R]):
         outcomes = [self._run_one(key, item) for item in items]
         return outcomes, started, time.perf_counter() - started
 
-    async def _direct(self, key: K, items: Sequence[I]) -> list[R]:
+    async def _direct(self, key: K, items: Sequence[I], heavy: bool) -> list[R]:
         """Batching off: every row is its own forward pass, in submission order."""
         loop = asyncio.get_running_loop()
         n = len(items)
         self._queued += n
+        self._heavy_count += n if heavy else 0
         enqueued = time.perf_counter()
         try:
             outcomes, started, compute_s = await loop.run_in_executor(
@@ -301,6 +387,7 @@ class DynamicBatcher(Generic[K, I, R]):
             )
         finally:
             self._queued -= n
+            self._heavy_count -= n if heavy else 0
         self._note_batch_time(compute_s / n)
         for i in range(n):
             self._report(key, [items[i]], [started - enqueued], compute_s / n)

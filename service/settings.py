@@ -44,6 +44,15 @@ class Settings(BaseSettings):
     max_words: int = Field(200, ge=1)
     max_gate_tokens: int = Field(512, ge=1)
     max_gate_values: int = Field(2_000_000, ge=1)  # floats in one /gates answer
+    max_gate_queue: int = Field(
+        2, ge=1, le=1024, description="/gates traces waiting or running at once; more get 503"
+    )
+    gate_share: float = Field(
+        0.1, gt=0, le=1, description="most of the inference thread /gates takes while others wait"
+    )
+    gate_send_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="a /gates client that reads no chunk this long is dropped"
+    )
 
     # Dynamic batching (1 turns it off).
     max_batch_size: int = Field(64, ge=1, le=4096)

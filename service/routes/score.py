@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
+from ..departure import watch_client
 from ..deps import EngineDep, ReaderDep
 from ..schemas.score import ScoreBatchResponse, ScoreRequest, ScoreResponse
 from .predict import ERRORS
 
-router = APIRouter(tags=["inference"])
+router = APIRouter(tags=["inference"], dependencies=[Depends(watch_client)])
 
 
 @router.post(
