@@ -12,8 +12,11 @@ clients answered a moment ago send again within milliseconds), but never longer 
 pass over 32 rows costs nearly as much as over 64 (reading the weights dominates), so one
 full pass beats two half ones that chase each other. A lone client never waits.
 
-The queue is bounded: past `max_queue` waiting items `submit` raises `QueueFull` at once, with
-a retry estimate, instead of growing memory and latency without limit. A request that is
+The queue is bounded: past `max_queue` waiting items, or when the wait it would face is over
+`max_wait_ms` (the rows ahead over the rate the worker clears them while backlogged), `submit`
+raises `QueueFull` at once, with a retry estimate, instead of growing memory and latency
+without limit: under overload the excess gets fast 503s, and what is admitted is answered in
+time rather than after its client gave up. A request that is
 cancelled (its client has gone) gives its slot back at once, and its rows are never computed.
 
 Heavy items (`heavy=True`: a `/gates` trace is tens of forward passes' worth of work) run alone,
@@ -41,6 +44,10 @@ log = logging.getLogger("gatehouse.batcher")
 K = TypeVar("K", bound=Hashable)
 I = TypeVar("I")  # noqa: E741
 R = TypeVar("R")
+
+# The most light work a heavy item can be held back for; with no light work waiting it runs
+# at once anyway.
+MAX_OWED_S = 5.0
 
 # key, items of one batch, each item's queue wait (s), compute time of the batch (s)
 BatchHook = Callable[[Any, list[Any], list[float], float], None]
@@ -84,6 +91,7 @@ class DynamicBatcher(Generic[K, I, R]):
         max_batch_size: int = 64,
         max_batch_delay_ms: float = 2.0,
         max_queue: int = 1024,
+        max_wait_ms: float = 0.0,
         max_heavy: int = 2,
         heavy_share: float = 0.1,
         executor: Executor | None = None,
@@ -97,6 +105,7 @@ class DynamicBatcher(Generic[K, I, R]):
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_batch_delay_ms / 1000.0
         self.max_queue = max_queue
+        self.max_wait_s = max_wait_ms / 1000.0  # 0: no bound on the wait
         self.max_heavy = max_heavy
         self.heavy_share = heavy_share
         self._own_executor = executor is None
@@ -114,6 +123,8 @@ class DynamicBatcher(Generic[K, I, R]):
         self._heavy_count = 0  # heavy items waiting or running
         self._heavy_s = 0.0  # moving average of one heavy item's compute time
         self._owed_s = 0.0  # light work time owed before the next heavy item may run
+        self._cycle_s = 0.0  # moving average of the time per batch while rows were waiting
+        self._last_done = 0.0  # when the last batch finished, if rows were waiting then
         self._wake: asyncio.Event | None = None
         self._full: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -147,6 +158,8 @@ class DynamicBatcher(Generic[K, I, R]):
             retry = self._heavy_retry_after()
             raise QueueFull(self._heavy_count, self.max_heavy, retry, "heavy requests")
         if self._queued + n > self.max_queue:
+            raise QueueFull(self._queued, self.max_queue, self._retry_after())
+        if not heavy and self._queued and self._expected_wait(n) > self.max_wait_s > 0:
             raise QueueFull(self._queued, self.max_queue, self._retry_after())
         if not self.enabled:
             return await self._direct(key, items, heavy)
@@ -195,13 +208,34 @@ class DynamicBatcher(Generic[K, I, R]):
 
     # -- internals ---------------------------------------------------------------------
 
+    def _expected_wait(self, n: int) -> float:
+        """How long rows joining now would wait: the batches ahead of them, at the pace the
+        worker has cleared batches while rows were waiting (event loop time included)."""
+        batches_ahead = math.ceil((self._queued + n) / self.max_batch_size)
+        return batches_ahead * max(self._cycle_s, self._batch_s)
+
+    def _note_cycle(self, compute_s: float) -> None:
+        now = time.perf_counter()
+        # Only a backlogged worker's pace says how fast the queue drains; idle gaps do not, and
+        # a batch that found no queue behind it took just its compute time.
+        cycle = now - self._last_done if self._last_done else compute_s
+        self._cycle_s = cycle if self._cycle_s == 0 else 0.8 * self._cycle_s + 0.2 * cycle
+        self._last_done = now if self._queued else 0.0
+
     def _retry_after(self) -> int:
         batches_ahead = math.ceil(self._queued / self.max_batch_size)
-        return max(1, math.ceil(batches_ahead * self._batch_s))
+        return max(1, math.ceil(batches_ahead * max(self._cycle_s, self._batch_s)))
+
+    def charge_heavy(self, seconds: float) -> None:
+        """Count work done for a heavy item off the worker (encoding its answer) against the
+        heavy share, so what heavy items cost in all stays within it."""
+        owed = seconds * (1 - self.heavy_share) / self.heavy_share
+        self._owed_s = min(self._owed_s + owed, MAX_OWED_S)
 
     def _heavy_retry_after(self) -> int:
         # Each heavy item ahead takes its run plus the light work owed after it.
-        return max(1, math.ceil(self._heavy_count * self._heavy_s / self.heavy_share))
+        ahead = self._heavy_count * self._heavy_s / self.heavy_share
+        return max(1, math.ceil(max(self._owed_s, 0.0) + ahead))
 
     def _settled(self, p: _Pending) -> None:
         """Done callback of every queued item: a cancelled one frees its slot now."""
@@ -273,6 +307,7 @@ class DynamicBatcher(Generic[K, I, R]):
             self._idle_since = time.perf_counter()
             self._note_batch_time(compute_s)
             self._owed_s -= compute_s
+            self._note_cycle(compute_s)
             self._settle(key, batch, outcomes, started, compute_s)
 
     async def _run_heavy(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -292,7 +327,9 @@ class DynamicBatcher(Generic[K, I, R]):
         # Light work owed for this run; not carried past one run's worth, so a burst of
         # heavy items while nothing else waited does not starve them later.
         owed = compute_s * (1 - self.heavy_share) / self.heavy_share
-        self._owed_s = min(max(self._owed_s, 0.0) + owed, 2 * owed)
+        self._owed_s = min(max(self._owed_s, 0.0) + owed, max(2 * owed, MAX_OWED_S))
+        if self._last_done:  # a heavy run is not the light rows' pace: it has its own share
+            self._last_done = time.perf_counter()
         self._settle(key, [p], outcomes, started, compute_s)
 
     def _settle(

@@ -73,6 +73,7 @@ class InferenceEngine:
             max_batch_size=settings.max_batch_size,
             max_batch_delay_ms=settings.max_batch_delay_ms,
             max_queue=settings.max_queue,
+            max_wait_ms=settings.max_queue_wait_ms,
             max_heavy=settings.max_gate_queue,
             heavy_share=settings.gate_share,
             executor=self._executor,
@@ -294,6 +295,7 @@ class InferenceEngine:
             ],
             values=values,
             decimals=None if query.summary_only else query.decimals,
+            on_encoded=self.batcher.charge_heavy,
         )
 
 

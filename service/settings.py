@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(64, ge=1, le=4096)
     max_batch_delay_ms: float = Field(10.0, ge=0, le=1000)  # the most a forming batch waits
     max_queue: int = Field(1024, ge=1)
+    max_queue_wait_ms: float = Field(
+        500.0, ge=0, le=600_000, description="refuse (503) rows that would wait longer; 0: off"
+    )
 
     # Sessions.
     max_sessions: int = Field(10_000, ge=1)

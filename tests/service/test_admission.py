@@ -86,6 +86,24 @@ async def test_heavy_items_have_their_own_bound_and_a_share_of_the_worker() -> N
     await batcher.close()
 
 
+async def test_rows_that_would_wait_past_max_wait_get_queue_full_at_once() -> None:
+    def run(_: str, items: list[int]) -> list[int]:
+        time.sleep(0.05)
+        return items
+
+    batcher: DynamicBatcher[str, int, int] = DynamicBatcher(
+        run, max_batch_size=2, max_batch_delay_ms=0, max_wait_ms=100
+    )
+    admitted = [asyncio.create_task(batcher.submit("k", i)) for i in range(12)]
+    await asyncio.sleep(0.12)  # a batch or two done: the pace is known, 6 batches still ahead
+    with pytest.raises(QueueFull) as refused:
+        await batcher.submit("k", 99)
+    assert refused.value.retry_after_s >= 1
+    assert await asyncio.gather(*admitted) == list(range(12))
+    assert await batcher.submit("k", 100) == 100  # an empty queue admits again
+    await batcher.close()
+
+
 # ---- the two small items -----------------------------------------------------------------
 
 
