@@ -115,6 +115,10 @@ def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100)[98] if len(values) >= 2 else float("nan")
 
 
+def p50(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -164,15 +168,15 @@ def main(argv: list[str] | None = None) -> int:
             mixed, gate_counts = asyncio.run(load(srv.url, args, body))
             before, after, statuses = stalled(srv.port, srv.proc.pid, body, args.stalled)
         print(f"load average at end: {os.getloadavg()}")
-    cap, got = len(alone.ok) / args.seconds, len(mixed.ok) / args.seconds
+    cap, got = max(len(alone.ok), 1) / args.seconds, len(mixed.ok) / args.seconds
     print(f"\n| phase | 200s in {args.timeout:g} s /s | p50 ms | p99 ms | 503s | time-outs |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, t in (("undisturbed", alone), ("mixed", mixed)):
         print(
-            f"| {name} | {len(t.ok) / args.seconds:,.0f} | {statistics.median(t.ok) * 1000:.1f} "
+            f"| {name} | {len(t.ok) / args.seconds:,.0f} | {p50(t.ok) * 1000:.1f} "
             f"| {p99(t.ok) * 1000:.1f} | {len(t.busy)} | {t.timeouts} |"
         )
-    busy_p99 = p99(mixed.busy) * 1000 if len(mixed.busy) >= 2 else float("nan")
+    busy_p99 = p99(mixed.busy) * 1000
     print(f"\nmixed / undisturbed capacity: {got / cap:.2f}x (target >= 0.8)")
     print(f"mixed p99 / undisturbed p99: {p99(mixed.ok) / p99(alone.ok):.2f}x (target <= 3)")
     print(

@@ -63,6 +63,10 @@ class QueueFull(Exception):
         self.retry_after_s = retry_after_s
 
 
+class Departed(Exception):
+    """The request's client has gone (its `gone` future completed): its rows were dropped."""
+
+
 @dataclass(slots=True)
 class _Pending:
     item: Any
@@ -143,17 +147,29 @@ class DynamicBatcher(Generic[K, I, R]):
         """Heavy items waiting or running."""
         return self._heavy_count
 
-    async def submit(self, key: K, item: I, *, heavy: bool = False) -> R:
-        return (await self.submit_many(key, [item], heavy=heavy))[0]
+    async def submit(
+        self, key: K, item: I, *, heavy: bool = False, gone: asyncio.Future[Any] | None = None
+    ) -> R:
+        return (await self.submit_many(key, [item], heavy=heavy, gone=gone))[0]
 
-    async def submit_many(self, key: K, items: Sequence[I], *, heavy: bool = False) -> list[R]:
+    async def submit_many(
+        self,
+        key: K,
+        items: Sequence[I],
+        *,
+        heavy: bool = False,
+        gone: asyncio.Future[Any] | None = None,
+    ) -> list[R]:
         """Results for `items`, in order. The rows may land in different batches; heavy
-        ones each run alone."""
+        ones each run alone. When `gone` completes first (the client has left), the rows
+        are dropped and `Departed` is raised."""
         if self._closed:
             raise RuntimeError("batcher is closed")
         n = len(items)
         if n == 0:
             return []
+        if gone is not None and gone.done():
+            raise Departed
         if heavy and self._heavy_count + n > self.max_heavy:
             retry = self._heavy_retry_after()
             raise QueueFull(self._heavy_count, self.max_heavy, retry, "heavy requests")
@@ -162,7 +178,7 @@ class DynamicBatcher(Generic[K, I, R]):
         if not heavy and self._queued and self._expected_wait(n) > self.max_wait_s > 0:
             raise QueueFull(self._queued, self.max_queue, self._retry_after())
         if not self.enabled:
-            return await self._direct(key, items, heavy)
+            return await self._direct(key, items, heavy, gone)
 
         loop = asyncio.get_running_loop()
         self._ensure_dispatcher(loop)
@@ -181,12 +197,15 @@ class DynamicBatcher(Generic[K, I, R]):
             if len(queue) >= self._target:
                 self._full.set()
         self._wake.set()
-        # Cancelling this request cancels its futures (gather cancels its children): their
-        # slots are free at once, the dispatcher skips them, and a batch already running
-        # drops their rows instead of being waited for.
+        # Cancelling this request, or its client leaving, cancels its futures: their slots
+        # are free at once, the dispatcher skips them, and a batch already running drops
+        # their rows instead of being waited for.
         if n == 1:
-            return [await pending[0].future]
-        return list(await asyncio.gather(*(p.future for p in pending)))
+            waiter: asyncio.Future[Any] = pending[0].future
+        else:
+            waiter = asyncio.gather(*(p.future for p in pending))
+        result = await _unless_gone(waiter, [p.future for p in pending], gone)
+        return [result] if n == 1 else list(result)
 
     async def close(self) -> None:
         """Stop dispatching; waiting requests fail with RuntimeError."""
@@ -411,7 +430,9 @@ class DynamicBatcher(Generic[K, I, R]):
         outcomes = [self._run_one(key, item) for item in items]
         return outcomes, started, time.perf_counter() - started
 
-    async def _direct(self, key: K, items: Sequence[I], heavy: bool) -> list[R]:
+    async def _direct(
+        self, key: K, items: Sequence[I], heavy: bool, gone: asyncio.Future[Any] | None
+    ) -> list[R]:
         """Batching off: every row is its own forward pass, in submission order."""
         loop = asyncio.get_running_loop()
         n = len(items)
@@ -419,9 +440,8 @@ class DynamicBatcher(Generic[K, I, R]):
         self._heavy_count += n if heavy else 0
         enqueued = time.perf_counter()
         try:
-            outcomes, started, compute_s = await loop.run_in_executor(
-                self._executor, self._run_direct_rows, key, list(items)
-            )
+            work = loop.run_in_executor(self._executor, self._run_direct_rows, key, list(items))
+            outcomes, started, compute_s = await _unless_gone(work, [work], gone)
         finally:
             self._queued -= n
             self._heavy_count -= n if heavy else 0
@@ -440,3 +460,29 @@ class DynamicBatcher(Generic[K, I, R]):
             self._on_batch(key, items, waits, compute_s)
         except Exception:  # metrics must never break serving
             log.exception("batch hook failed")
+
+
+async def _unless_gone(
+    waiter: asyncio.Future[Any],
+    futures: list[asyncio.Future[Any]],
+    gone: asyncio.Future[Any] | None,
+) -> Any:
+    """`await waiter`; if `gone` completes first, `futures` are cancelled and `Departed` is
+    raised. A callback, not a second task: this is on every request's path."""
+    if gone is None:
+        return await waiter
+
+    def drop(_: asyncio.Future[Any]) -> None:
+        for f in futures:
+            f.cancel()
+
+    gone.add_done_callback(drop)
+    try:
+        return await waiter
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if gone.done() and not (task is not None and task.cancelling()):
+            raise Departed from None
+        raise
+    finally:
+        gone.remove_done_callback(drop)

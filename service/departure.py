@@ -2,9 +2,9 @@
 
 A route opts in with the `watch_client` dependency (on its router). It records, for the
 request's task, a future that completes when the ASGI server reports `http.disconnect`. The
-engine's seam into the batcher (`unless_gone`) races every submission against that future: a
-request whose client left while it was queued gives its slot back and is never computed, and
-one whose batch is already running is not waited for.
+engine hands that future (`client_gone()`) to the batcher with every submission: a request
+whose client left while it was queued gives its slot back and is never computed, and one
+whose batch is already running is not waited for (`ClientGone`, 499).
 
 After the body has been read, an ASGI server's `receive()` only returns once the client has
 disconnected or the response is complete, so the watcher costs one waiting task per request.
@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from contextvars import ContextVar
-from typing import TypeVar
 
 from starlette.requests import Request
 from starlette.types import Receive
 
 from .errors import ApiError
-
-T = TypeVar("T")
 
 # 499: the status nginx logs for a client that closed the connection before the answer.
 CLIENT_GONE = 499
@@ -68,24 +65,3 @@ async def watch_client(request: Request) -> AsyncIterator[None]:
 def client_gone() -> asyncio.Future[None] | None:
     """The current request's departure future, or None where nobody watches (in-process use)."""
     return _gone.get()
-
-
-async def unless_gone(work: Awaitable[T]) -> T:
-    """`await work`, unless the client leaves first: then `work` is cancelled and `ClientGone`
-    raised. Without a watcher it is a plain await."""
-    gone = _gone.get()
-    if gone is None:
-        return await work
-    task = asyncio.ensure_future(work)
-    if gone.done():
-        task.cancel()
-        raise ClientGone
-    try:
-        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-    if task.done():
-        return task.result()
-    task.cancel()
-    raise ClientGone

@@ -25,8 +25,8 @@ from models.store import LoadedModel
 from models.tokenizer import Encoded
 
 from . import generate, metrics
-from .batcher import DynamicBatcher, QueueFull
-from .departure import unless_gone
+from .batcher import Departed, DynamicBatcher, QueueFull
+from .departure import ClientGone, client_gone
 from .errors import ApiError
 from .gate_answer import GateAnswer, GateQuery, GateRow, run_gates
 from .generation import Generation, Sampling
@@ -89,7 +89,10 @@ class InferenceEngine:
 
     async def _submit_one(self, loaded: LoadedModel, step: Step) -> Any:
         """One session step: admitted like the rest, dropped if its client has gone."""
-        return await unless_gone(self.batcher.submit(loaded, step))
+        try:
+            return await self.batcher.submit(loaded, step, gone=client_gone())
+        except Departed:
+            raise ClientGone from None
 
     @property
     def executor(self) -> ThreadPoolExecutor:
@@ -174,7 +177,9 @@ class InferenceEngine:
         """Run rows through the batcher: the admission every model-touching call meets. A full
         queue is a 503 with Retry-After; a request whose client has gone is dropped."""
         try:
-            return await unless_gone(self.batcher.submit_many(loaded, steps, heavy=heavy))
+            return await self.batcher.submit_many(loaded, steps, heavy=heavy, gone=client_gone())
+        except Departed:
+            raise ClientGone from None
         except QueueFull as e:
             raise ApiError(503, str(e), headers={"Retry-After": str(e.retry_after_s)}) from None
 
