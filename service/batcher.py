@@ -183,8 +183,6 @@ class DynamicBatcher(Generic[K, I, R]):
         loop = asyncio.get_running_loop()
         self._ensure_dispatcher(loop)
         pending = [_Pending(item, loop.create_future(), heavy) for item in items]
-        for p in pending:
-            p.future.add_done_callback(lambda _, p=p: self._settled(p))
         self._queued += n
         self._arrivals += n
         assert self._wake is not None and self._full is not None
@@ -204,7 +202,10 @@ class DynamicBatcher(Generic[K, I, R]):
             waiter: asyncio.Future[Any] = pending[0].future
         else:
             waiter = asyncio.gather(*(p.future for p in pending))
-        result = await _unless_gone(waiter, [p.future for p in pending], gone)
+        try:
+            result = await _unless_gone(waiter, [p.future for p in pending], gone)
+        finally:
+            self._release(pending)
         return [result] if n == 1 else list(result)
 
     async def close(self) -> None:
@@ -256,13 +257,15 @@ class DynamicBatcher(Generic[K, I, R]):
         ahead = self._heavy_count * self._heavy_s / self.heavy_share
         return max(1, math.ceil(max(self._owed_s, 0.0) + ahead))
 
-    def _settled(self, p: _Pending) -> None:
-        """Done callback of every queued item: a cancelled one frees its slot now."""
-        if p.queued:
-            p.queued = False
-            self._queued -= 1
-        if p.heavy:
-            self._heavy_count -= 1
+    def _release(self, pending: list[_Pending]) -> None:
+        """Its submitter is done with these items: those still queued (it was cancelled, or
+        its client left) free their slots now, and heavy ones their heavy slot."""
+        for p in pending:
+            if p.queued:
+                p.queued = False
+                self._queued -= 1
+            if p.heavy:
+                self._heavy_count -= 1
 
     def _note_batch_time(self, seconds: float) -> None:
         """Moving average of one batch's compute time, for Retry-After."""
