@@ -13,13 +13,13 @@ import re
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
-from ..departure import client_gone, watch_client
+from ..departure import WatchedRoute, client_gone
 from ..deps import EngineDep, ReaderDep, SettingsDep
 from ..errors import ApiError
 from ..inference import GateQuery
@@ -29,7 +29,7 @@ from .predict import ERRORS
 
 log = logging.getLogger("gatehouse.gates")
 
-router = APIRouter(tags=["inspection"], dependencies=[Depends(watch_client)])
+router = APIRouter(tags=["inspection"], route_class=WatchedRoute)
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
     **ERRORS,
@@ -44,9 +44,10 @@ class GateStream(StreamingResponse):
         super().__init__(chunks, media_type="application/json")
         self.chunks = chunks
         self.send_timeout_s = send_timeout_s
+        self.gone = client_gone()  # made in the handler; sent after it has returned
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        gone = client_gone()
+        gone = self.gone
         start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
         await send(start)
         try:

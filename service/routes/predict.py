@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from ..departure import watch_client
+from ..departure import WatchedRoute
 from ..deps import EngineDep, ReaderDep
 from ..generate import events, plan
 from ..schemas.common import ErrorBody
@@ -19,7 +19,7 @@ from ..schemas.predict import (
     PredictResponse,
 )
 
-router = APIRouter(tags=["inference"], dependencies=[Depends(watch_client)])
+router = APIRouter(tags=["inference"], route_class=WatchedRoute)
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Malformed body (not UTF-8 JSON)"},

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
-from ..departure import watch_client
+from ..departure import WatchedRoute
 from ..deps import EngineDep, ReaderDep
 from ..schemas.score import ScoreBatchResponse, ScoreRequest, ScoreResponse
 from .predict import ERRORS
 
-router = APIRouter(tags=["inference"], dependencies=[Depends(watch_client)])
+router = APIRouter(tags=["inference"], route_class=WatchedRoute)
 
 
 @router.post(
