@@ -127,7 +127,7 @@ class DynamicBatcher(Generic[K, I, R]):
         self._heavy_count = 0  # heavy items waiting or running
         self._heavy_s = 0.0  # moving average of one heavy item's compute time
         self._owed_s = 0.0  # light work time owed before the next heavy item may run
-        self._cycle_s = 0.0  # moving average of the time per batch while rows were waiting
+        self._rows_per_s = 0.0  # moving average of rows cleared per second while rows waited
         self._last_done = 0.0  # when the last batch finished, if rows were waiting then
         self._wake: asyncio.Event | None = None
         self._full: asyncio.Event | None = None
@@ -229,22 +229,22 @@ class DynamicBatcher(Generic[K, I, R]):
     # -- internals ---------------------------------------------------------------------
 
     def _expected_wait(self, n: int) -> float:
-        """How long rows joining now would wait: the batches ahead of them, at the pace the
-        worker has cleared batches while rows were waiting (event loop time included)."""
-        batches_ahead = math.ceil((self._queued + n) / self.max_batch_size)
-        return batches_ahead * max(self._cycle_s, self._batch_s)
+        """How long rows joining now would wait: the rows ahead of them over the rate the
+        worker has cleared rows while others waited (event loop time included)."""
+        return (self._queued + n) / self._rows_per_s if self._rows_per_s > 0 else 0.0
 
-    def _note_cycle(self, compute_s: float) -> None:
+    def _note_cycle(self, compute_s: float, rows: int) -> None:
         now = time.perf_counter()
         # Only a backlogged worker's pace says how fast the queue drains; idle gaps do not, and
         # a batch that found no queue behind it took just its compute time.
         cycle = now - self._last_done if self._last_done else compute_s
-        self._cycle_s = cycle if self._cycle_s == 0 else 0.8 * self._cycle_s + 0.2 * cycle
+        rate = rows / max(cycle, 1e-6)
+        self._rows_per_s = rate if self._rows_per_s == 0 else 0.8 * self._rows_per_s + 0.2 * rate
         self._last_done = now if self._queued else 0.0
 
     def _retry_after(self) -> int:
         batches_ahead = math.ceil(self._queued / self.max_batch_size)
-        return max(1, math.ceil(batches_ahead * max(self._cycle_s, self._batch_s)))
+        return max(1, math.ceil(max(batches_ahead * self._batch_s, self._expected_wait(0))))
 
     def charge_heavy(self, seconds: float) -> None:
         """Count work done for a heavy item off the worker (encoding its answer) against the
@@ -329,7 +329,7 @@ class DynamicBatcher(Generic[K, I, R]):
             self._idle_since = time.perf_counter()
             self._note_batch_time(compute_s)
             self._owed_s -= compute_s
-            self._note_cycle(compute_s)
+            self._note_cycle(compute_s, len(batch))
             self._settle(key, batch, outcomes, started, compute_s)
 
     async def _run_heavy(self, loop: asyncio.AbstractEventLoop) -> None:
