@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from models import store
 from models.interop import __main__ as interop_main
-from tests.helpers import REPO, save_tiny_model
+from models.lm import RNNLM, ModelConfig
+from tests.helpers import REPO, save_tiny_model, tiny_tokenizer
 
 ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 
@@ -93,3 +95,33 @@ def test_unknown_refs_are_refused_by_the_module_form(model_dir: Path, tmp_path: 
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "no version 3" in done.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_version_written_by_hand_as_the_store_format_says_loads(tmp_path: Path) -> None:
+    """docs/store-format.md's recipe, with the smallest meta.json it gives."""
+    meta = {"arch": "gru", "vocab_size": 5, "embedding_size": 4, "hidden_size": 4}
+    meta.update(num_layers=2, dropout=0.0, tied=False)
+    model = RNNLM(ModelConfig(**meta))
+    tmp = tmp_path / "models" / "outside" / ".tmp-writer"
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    itos = ["<unk>", "<eos>", "a", "b", "c"]
+    (tmp / "vocab.json").write_text(json.dumps({"lowercase": False, "vocab": {"itos": itos}}))
+    assert store.list_versions(tmp_path / "models", "outside") == []  # not yet in place
+    tmp.rename(tmp.parent / "1")
+    loaded = store.load_version(tmp_path / "models", "outside")
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[key], value), key
+
+
+def test_write_version_checks_the_weights_against_the_config(tmp_path: Path) -> None:
+    tok = tiny_tokenizer()
+    cfg = ModelConfig("lstm", len(tok.vocab), 8, 8, 1, tied=True)
+    weights = dict(RNNLM(cfg).state_dict())  # a tied model's decoder.weight may be given
+    assert store.write_version(tmp_path, "w", cfg, weights, tok, {"x": 1}) == 1
+    assert store.load_version(tmp_path, "w").meta["x"] == 1
+    weights["rnn.weight_hh_l0"] = torch.zeros(32, 7)
+    with pytest.raises(store.StoreError, match="weight_hh_l0"):
+        store.write_version(tmp_path, "w", cfg, weights, tok)
+    assert store.list_versions(tmp_path, "w") == [1]

@@ -67,26 +67,26 @@ async def test_protected_inference_protects_the_files(make_client, tiny_store: P
     assert (await (await make_client(open_settings)).get(url)).status_code == 200
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def shared_dir() -> Iterator[Path]:
-    # pytest's own temp folders are private to their user (0700): this one is not.
+    """A store written by another process under umask 077, every folder made by the store.
+
+    pytest's own temp folders are private to their user (0700): this one is not.
+    """
     path = Path(tempfile.mkdtemp(prefix="gatehouse-shared-"))
     os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _write_under_umask(model_dir: Path) -> None:
     code = (
         "import sys; from pathlib import Path; from tests.helpers import save_tiny_model; "
         "save_tiny_model(Path(sys.argv[1]), 'gru', 'gru')"
     )
-    subprocess.run([sys.executable, "-c", code, str(model_dir)], cwd=REPO, check=True, umask=0o077)
+    model_dir = str(path / "store" / "models")
+    subprocess.run([sys.executable, "-c", code, model_dir], cwd=REPO, check=True, umask=0o077)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_modes_do_not_depend_on_the_writers_umask(shared_dir: Path) -> None:
     model_dir = shared_dir / "store" / "models"
-    _write_under_umask(model_dir)
     version = model_dir / "gru" / "1"
     for d in (shared_dir / "store", model_dir, model_dir / "gru", version):
         assert stat.S_IMODE(d.stat().st_mode) == 0o755, d
@@ -131,7 +131,6 @@ def test_a_version_written_by_root_reads_as_nobody(shared_dir: Path) -> None:
     if python is None:
         pytest.skip("no interpreter the user nobody can run (modes are checked above)")
     model_dir = shared_dir / "store" / "models"
-    _write_under_umask(model_dir)
     version = model_dir / "gru" / "1"
     done = subprocess.run(
         [python, "-c", _READ_AS_OTHER, str(version)],
