@@ -71,8 +71,19 @@ def _fail(what: str, code: int, message: str) -> int:
     return code
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | int:
+    # argparse exits on --help and on bad arguments; the callers want a return code.
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else REFUSED
+
+
 def import_main(argv: list[str]) -> int:
-    args = _import_parser().parse_args(argv)
+    """`gatehouse import ...` (argv: what follows `import`); returns the exit code."""
+    args = _parse(_import_parser(), argv)
+    if isinstance(args, int):
+        return args
     try:
         store.parse_ref(args.name)
         if "@" in args.name:
@@ -95,7 +106,7 @@ def import_main(argv: list[str]) -> int:
                     text = args.sample.read_text(encoding="utf-8")
                 except (OSError, UnicodeDecodeError) as e:
                     raise ImportRefused(f"{args.sample}: unreadable: {e}") from e
-            ids = state_dict.sample_ids(itos, text, unk, lowercase)
+            ids = state_dict.sample_ids(itos, text, unk, lowercase, eos)
         meta = {"corpus": {"description": f"imported ({src.origin.get('format')})"}}
         version, diff = import_source(
             src, ids, args.model_dir, args.name, meta, unk, eos, lowercase
@@ -104,6 +115,8 @@ def import_main(argv: list[str]) -> int:
         return _fail("import", CHECK_FAILED, f"refused: {e}")
     except (ImportRefused, store.StoreError, ValueError) as e:
         return _fail("import", REFUSED, f"refused: {e}")
+    except OSError as e:  # the store cannot be written
+        return _fail("import", REFUSED, f"cannot write the version: {e}")
     report = {"name": args.name, "version": version, "arch": src.arch}
     report.update(vocab_size=len(src.itos), max_abs_logprob_diff=diff, tokens=int(ids.numel()))
     print(json.dumps(report))
@@ -138,7 +151,10 @@ def _copy_atomic(src: Path, dst: Path) -> None:
 
 
 def export_main(argv: list[str]) -> int:
-    args = _export_parser().parse_args(argv)
+    """`gatehouse export ...` (argv: what follows `export`); returns the exit code."""
+    args = _parse(_export_parser(), argv)
+    if isinstance(args, int):
+        return args
     try:
         name, version = store.parse_ref(args.ref)
         loaded = store.load_version(args.model_dir, name, version)
@@ -150,18 +166,21 @@ def export_main(argv: list[str]) -> int:
         except onnx_export.OnnxMissing as e:
             return _fail("export", MISSING_EXTRA, str(e))
     out: Path = args.out or Path(f"{loaded.name}-v{loaded.version}")
-    out.mkdir(parents=True, exist_ok=True)
     report: dict[str, object] = {"name": loaded.name, "version": loaded.version, "out": str(out)}
-    for file in (store.META_FILE, store.VOCAB_FILE):
-        _copy_atomic(loaded.path / file, out / file)
-    if args.format == "safetensors":
-        _copy_atomic(loaded.path / store.WEIGHTS_FILE, out / store.WEIGHTS_FILE)
-        report["files"] = [store.WEIGHTS_FILE, store.META_FILE, store.VOCAB_FILE]
-    else:
-        try:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for file in (store.META_FILE, store.VOCAB_FILE):
+            _copy_atomic(loaded.path / file, out / file)
+        if args.format == "safetensors":
+            _copy_atomic(loaded.path / store.WEIGHTS_FILE, out / store.WEIGHTS_FILE)
+            report["files"] = [store.WEIGHTS_FILE, store.META_FILE, store.VOCAB_FILE]
+        else:
             diff = onnx_export.export_checked(loaded.model, out / "model.onnx")
-        except ValueError as e:
-            return _fail("export", CHECK_FAILED, str(e))
-        report.update(files=["model.onnx", store.META_FILE, store.VOCAB_FILE], max_abs_diff=diff)
+            report.update(files=["model.onnx", store.META_FILE, store.VOCAB_FILE])
+            report["max_abs_diff"] = diff
+    except ValueError as e:
+        return _fail("export", CHECK_FAILED, str(e))
+    except OSError as e:
+        return _fail("export", REFUSED, f"cannot write to {out}: {e}")
     print(json.dumps(report))
     return 0

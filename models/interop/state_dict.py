@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from models.tokenizer import tokenize
+from models.tokenizer import EOS, tokenize
 
 from .source import ImportRefused, SourceModel
 
@@ -100,14 +100,21 @@ def source_model(
 
 
 def sample_ids(
-    itos: list[str], text: str | None, unk: str, lowercase: bool, limit: int = SAMPLE_TOKENS
+    itos: list[str],
+    text: str | None,
+    unk: str,
+    lowercase: bool,
+    eos: str = EOS,
+    limit: int = SAMPLE_TOKENS,
 ) -> Tensor:
-    """Ids of `text` in the source vocabulary (unknown words as `unk` when it has one, else
-    left out); without a text, a fixed pseudo-random sequence over the whole vocabulary."""
+    """Ids of `text` in the source vocabulary (each newline as `eos`, unknown words as `unk`
+    when it has one, else left out); without a text, a fixed pseudo-random sequence over the
+    whole vocabulary."""
     if text is None:
         gen = torch.Generator().manual_seed(0)
         return torch.randint(0, len(itos), (limit,), generator=gen)
     stoi = {w: i for i, w in enumerate(itos)}
     fallback = stoi.get(unk)
-    ids = [stoi.get(w, fallback) for w in tokenize(text, lowercase)]
+    words = [eos if w == EOS else w for w in tokenize(text, lowercase)]
+    ids = [stoi.get(w, fallback) for w in words]
     return torch.tensor([i for i in ids if i is not None][:limit], dtype=torch.long)

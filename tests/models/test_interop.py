@@ -218,9 +218,13 @@ def test_state_dict_command_with_a_text_vocabulary(
     save_file({k: v.clone().contiguous() for k, v in state.items()}, str(weights))
     vocab = tmp_path / "words.txt"
     vocab.write_text("\n".join(peer["ref"]["itos"]) + "\n", encoding="utf-8")
+    sample = tmp_path / "sample.txt"
+    sample.write_text(" ".join(peer["ref"]["sample"]), encoding="utf-8")
     argv = ["import", "state-dict", "--weights", str(weights), "--vocab", str(vocab)]
+    argv += ["--sample", str(sample)]
     done = call_cli(capsys, *argv, "--arch", "gru", "--name", "g", "--model-dir", str(model_dir))
     assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["tokens"] == len(peer["ref"]["sample"])
     logp, loaded = gatehouse_logp(model_dir, "g", peer["ref"]["sample"])
     columns = torch.tensor([loaded.tokenizer.vocab.stoi[w] for w in peer["ref"]["itos"]])
     assert (logp[:, columns] - reference_logp(peer, "GRU")).abs().max() <= MAX_LOGPROB_DIFF

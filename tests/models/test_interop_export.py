@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from models import store
 from models.interop import __main__ as interop_main
+from models.interop.cli import export_main, import_main
 from models.lm import RNNLM, ModelConfig
 from tests.helpers import REPO, save_tiny_model, tiny_tokenizer
 
@@ -125,3 +126,18 @@ def test_write_version_checks_the_weights_against_the_config(tmp_path: Path) -> 
     with pytest.raises(store.StoreError, match="weight_hh_l0"):
         store.write_version(tmp_path, "w", cfg, weights, tok)
     assert store.list_versions(tmp_path, "w") == [1]
+
+
+def test_entry_points_return_codes_instead_of_exiting(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert import_main(["--help"]) == 0 and export_main(["--help"]) == 0
+    assert import_main(["pytorch-examples", "--name", "x"]) == 2  # --checkpoint missing
+    assert export_main(["lstm", "--format", "tflite", "--model-dir", str(model_dir)]) == 2
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    rc, _, err = export(
+        capsys, "gru", "--format", "safetensors", "--out", str(blocked), "--model-dir",
+        str(model_dir),
+    )  # fmt: skip
+    assert rc == 2 and "cannot write" in err
