@@ -3,11 +3,11 @@
     python -m bench.train_memory [--steps 3] [--only N]
 
 Each configuration trains in a fresh child process (one torch thread, CPU) for `--steps`
-steps on WikiText-2's training text, checkpointing as a job's worker does, capped at the configuration's vocabulary. The child
-reports its resident set at the start of training (torch imported, corpus read) and its
-peak resident set (`VmHWM`, reset through /proc/self/clear_refs at that start) while it
-trains. The
-table compares the measured peak with the estimate; the estimate should not fall below it.
+steps on WikiText-2's training text capped at the configuration's vocabulary, checkpointing
+as a job's worker does. The child reports its resident set at the start of training (torch
+imported, corpus read) and its peak resident set (`VmHWM`, reset through
+/proc/self/clear_refs at that start) while it trains. The table compares the measured peak
+with the estimate; the estimate should not fall below it.
 """
 
 from __future__ import annotations
@@ -84,8 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", type=int, default=None, help="run configuration N only")
     args = parser.parse_args(argv)
     picked = CONFIGS if args.only is None else [CONFIGS[args.only]]
-    print("| arch | vocab | emb | hidden x layers | batch x bptt | RSS at start | peak RSS "
-          "| estimate | estimate / peak |")
+    print(
+        "| arch | vocab | emb | hidden x layers | batch x bptt | RSS at start | peak RSS "
+        "| estimate | estimate / peak |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for config in picked:
         r = measure(config, args.steps)
