@@ -120,3 +120,33 @@ def test_training_over_the_memory_budget_is_refused(servers: tuple[ServerProcess
     assert r.status_code == 202, r.text
     r = httpx.delete(f"{owner.url}/jobs/{r.json()['job_id']}", timeout=60)
     assert r.status_code in (200, 409), r.text
+
+
+def test_a_job_end_the_database_cannot_take_is_held_and_written_later(
+    servers: tuple[ServerProcess, ...],
+) -> None:
+    """The server's own writes fail (its jobs database cannot grow): the job still ends."""
+    owner, other = servers
+    body = {"name": "held-end", "arch": "gru", "corpus": {"text": TINY_TEXT * 20}, **TINY}
+    r = post_train(owner, body)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    wait_for(owner, job_id, lambda j: j["status"] == "running")
+    wal = owner.model_dir / "jobs.sqlite3-wal"
+    # SQLite appends to its write-ahead log: at this size limit every further commit fails.
+    soft, hard = resource.prlimit(owner.proc.pid, resource.RLIMIT_FSIZE)
+    resource.prlimit(owner.proc.pid, resource.RLIMIT_FSIZE, (wal.stat().st_size, hard))
+    try:
+        got = sse_events(owner, job_id)
+        assert got[-1][0] == "end" and got[-1][1]["status"] == "succeeded", got[-1]
+        assert got[-1][1]["model"]["name"] == "held-end"
+        assert "not yet written" in got[-1][1]["note"]
+        r = httpx.delete(f"{owner.url}/jobs/{job_id}", timeout=10)
+        assert r.status_code == 409 and "already ended: succeeded" in r.json()["message"]
+        running = httpx.get(f"{owner.url}/jobs", params={"status": "running"}, timeout=10)
+        assert running.json()["jobs"] == []
+        assert wait_for(other, job_id, lambda j: True)["status"] == "running"  # on disk
+    finally:
+        resource.prlimit(owner.proc.pid, resource.RLIMIT_FSIZE, (soft, hard))
+    stored = wait_for(other, job_id, lambda j: j["status"] != "running", timeout=30)
+    assert stored["status"] == "succeeded" and stored["model"]["name"] == "held-end"
