@@ -327,15 +327,16 @@ class Run:
         job_id = self.row.id
         error = values.get("error")
         if error:
-            log.info("job %s: %s", job_id, error)
-            values["error"] = without_paths(str(error))  # clients read it: no host paths
+            values["error"] = without_paths(str(error))  # clients read it; the log keeps all
         values["add_run_seconds"] = spent
         try:
             changed = await self.ctx.db.run(lambda db: db.finish(job_id, status, **values))
         except (sqlite3.Error, OSError) as e:
             log.error("job %s ended %s but the database refused the write: %s", job_id, status, e)
+            shown = {k: values[k] for k in ("progress", "metrics", "history") if k in values}
             row = dataclasses.replace(
                 self.row,
+                **shown,
                 status=status,
                 finished_at=time.time(),
                 error=values.get("error"),
