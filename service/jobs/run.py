@@ -171,7 +171,7 @@ class Run:
         if remaining <= 0:
             reason = f"over the time limit of {self.ctx.bounds.max_job_seconds:.0f}s"
         elif not (job_dir / spool.SPEC_FILE).is_file():
-            reason = f"the job's files are missing from {job_dir}"
+            reason = "the job's files are missing from its directory in the model store"
         else:
             try:
                 self.worker = await WorkerProcess.spawn(
