@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from models.checkpoint import nonfinite
 from models.json_values import json_safe
 from models.lm import ARCHS, RNNLM, ModelConfig
 from models.tokenizer import Tokenizer
@@ -376,6 +377,9 @@ def _check_weights(
             raise StoreError(f"{where}: {key!r} has shape {tuple(got.shape)}, config needs {shape}")
         if not got.dtype.is_floating_point:
             raise StoreError(f"{where}: {key!r} has non-float dtype {got.dtype}")
+    bad = nonfinite(tensors)
+    if bad:
+        raise StoreError(f"{where}: non-finite values (NaN or infinity) in {', '.join(bad)}")
     return tensors
 
 
