@@ -176,7 +176,7 @@ class RequestLogMiddleware:
     def _log(self, scope: Scope, ctx: _RequestContext, status: int, elapsed: float) -> None:
         state = scope.get("state") or {}
         model = ctx.model or state.get("model")
-        level = logging.ERROR if status >= 500 else logging.INFO
+        level = _level(status)
         self.log.log(
             level,
             "request",
@@ -189,6 +189,14 @@ class RequestLogMiddleware:
                 "model": model if isinstance(model, str) else None,
             },
         )
+
+
+def _level(status: int) -> int:
+    # A 503 is a refusal the server chose (not ready, queue full, shutting down), not a fault:
+    # at error level it would page someone for every shed request.
+    if status == 503:
+        return logging.WARNING
+    return logging.ERROR if status >= 500 else logging.INFO
 
 
 def install(app: Any) -> None:
