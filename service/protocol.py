@@ -30,8 +30,8 @@ class EdgeLimits:
     header_timeout_s: float = 10.0  # from connect (or a request's first byte) to its last header
     body_idle_timeout_s: float = 30.0  # the longest silence while a request body is incomplete
     max_connections: int = 0  # 0: the open-file limit less a reserve
-    linger_s: float = 1.0  # after refusing: read and drop this long so the client sees the answer
-    linger_bytes: int = 1 << 20
+    linger_s: float = 1.0  # after refusing: close this much later, so the client sees the answer
+    linger_bytes: int = 1 << 20  # dropped after a refusal (already in flight) before an abort
 
 
 def connection_cap(requested: int) -> int:
@@ -187,9 +187,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # Refusals
 
     def _refuse(self, status: int, message: str, close_now: bool = False) -> None:
-        """Answer outside the app and close. The rest of what the client sends is read and
-        dropped for a short while: closing with unread bytes would reset the connection, and
-        the client could lose the answer."""
+        """Answer outside the app and close, a short while later: closing at once, with the
+        client's bytes unread, would reset the connection before the answer reached it."""
         if self.transport.is_closing() or self._discarding:
             return
         cycle = self.cycle
@@ -210,7 +209,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if close_now or not self.transport.can_write_eof():
             self.transport.close()
             return
+        # FIN after the answer, then no more reading: a client still sending fills its own
+        # buffers and blocks (costing neither side CPU) until the close, a second later, by
+        # which time the answer is in its receive queue, where a reset cannot take it away.
         self.transport.write_eof()
+        self.transport.pause_reading()
         self._discarding = True
         self._arm(self.limits.linger_s)
 
