@@ -179,7 +179,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         elif self._phase == "body":
             # Rearming on every chunk would cost a timer per read; check the silence instead.
             silent = self.loop.time() - self._last_data
-            if silent < self.limits.body_idle_timeout_s:
+            if self.flow.read_paused:  # the app is not reading yet: the silence is ours
+                self._last_data = self.loop.time()
+                self._arm(self.limits.body_idle_timeout_s)
+            elif silent < self.limits.body_idle_timeout_s:
                 self._arm(self.limits.body_idle_timeout_s - silent)
             else:
                 self._refuse(408, "request body not received in time")
