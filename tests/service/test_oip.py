@@ -4,6 +4,7 @@ default, and JSON) against a real server process, checked against /predict."""
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +26,8 @@ TEXTS = ["the clouds are in the", "i grew up in france . i speak", "the keys to 
 def server(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     model_dir = tmp_path_factory.mktemp("oip") / "models"
     shutil.copytree(tiny_store, model_dir)
-    proc = ServerProcess(model_dir, "--no-bootstrap")
+    # A long stream (see the disconnect test) takes far longer than closing it early does.
+    proc = ServerProcess(model_dir, "--no-bootstrap", "--max-words", "5000")
     try:
         proc.wait_ready()
         yield proc
@@ -277,6 +279,32 @@ def test_generate_extension_equals_generate(server: ServerProcess) -> None:
         r = httpx.post(base + "/generate", json={"text_input": "a", "max_tokens": bad})
         assert r.status_code == 400 and "max_tokens" in r.json()["error"]
         assert "max_words" not in r.json()["error"]
+
+
+def test_a_generate_stream_closed_early_runs_no_more_passes(server: ServerProcess) -> None:
+    def passes() -> float:
+        text = httpx.get(server.url + "/metrics").text
+        line = next(
+            ln
+            for ln in text.splitlines()
+            if ln.startswith("gatehouse_batch_size_count") and 'model="rnn"' in ln
+        )
+        return float(line.rsplit(" ", 1)[1])
+
+    body = {"text_input": "the sky", "max_tokens": 5000}
+    before = passes()
+    url = server.url + "/v2/models/rnn/generate_stream"
+    with httpx.stream("POST", url, json=body, timeout=30) as r:
+        events = 0
+        for line in r.iter_lines():
+            events += line.startswith("data: ")
+            if events == 3:
+                break
+    time.sleep(1.0)  # the server notices the disconnect; any pass still queued finishes
+    after = passes()
+    time.sleep(0.5)
+    assert passes() == after  # nothing runs for it any more
+    assert after - before < 1000
 
 
 async def test_not_ready_without_models_and_only_v2_has_this_shape(make_client, tmp_path) -> None:
