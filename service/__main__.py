@@ -1,95 +1,15 @@
-"""`python -m service`: settings from flags and GATEHOUSE_* env vars, then uvicorn."""
+"""`python -m service`: settings from flags and GATEHOUSE_* env vars, then the server."""
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
-import logging
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 
-import uvicorn
-
-from . import logs
-from .app import create_app
-from .settings import Settings, parse_args
-
-log = logging.getLogger("gatehouse")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_exposure(settings: Settings) -> str | None:
-    """An open server on a reachable address lets anyone train models: refuse by default."""
-    if is_loopback(settings.host) or settings.api_key is not None or settings.allow_open:
-        return None
-    return (
-        f"refusing to listen on {settings.host} without an API key: set --api-key "
-        "(GATEHOUSE_API_KEY), or pass --allow-open to serve it open on purpose"
-    )
-
-
-class GracefulServer(uvicorn.Server):
-    """SIGTERM/SIGINT drain in-flight requests, run the shutdown, then exit 0.
-
-    Stock uvicorn re-raises the caught signal after its graceful shutdown, which turns a
-    clean stop into exit status -15; supervisors read that as a crash.
-    """
-
-    async def shutdown(self, sockets: list | None = None) -> None:  # type: ignore[override]
-        # Event streams never end by themselves: close them first, or the drain below would
-        # wait for them until the graceful-shutdown timeout.
-        app = getattr(self.config, "loaded_app", None)
-        jobs = getattr(getattr(getattr(app, "state", None), "jobs", None), "close_streams", None)
-        if jobs is None and hasattr(self.config.app, "state"):
-            jobs = getattr(getattr(self.config.app.state, "jobs", None), "close_streams", None)
-        if jobs is not None:
-            jobs()
-        await super().shutdown(sockets)
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        handled = (signal.SIGINT, signal.SIGTERM)
-        original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
-        try:
-            yield
-        finally:
-            for sig, handler in original.items():
-                signal.signal(sig, handler)
+from .server import serve
+from .settings import parse_args
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = parse_args(argv)
-    logs.configure_logging(settings.log_level)
-    problem = check_exposure(settings)
-    if problem:
-        log.error(problem)
-        return 2
-    base = f"http://{settings.host}:{settings.port}"
-    log.info("Gatehouse on %s (API docs: %s/docs), model store %s", base, base, settings.model_dir)
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,  # our own middleware logs one JSON line per request
-        timeout_graceful_shutdown=30,
-    )
-    server = GracefulServer(config)
-    server.run()
-    return 0 if server.started else 1
+    return serve(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -54,6 +54,29 @@ class Settings(BaseSettings):
         30.0, gt=0, le=3600, description="a /gates client that reads no chunk this long is dropped"
     )
 
+    # The HTTP edge (service.protocol), enforced before a request reaches the app.
+    max_header_bytes: int = Field(
+        32_768, ge=1024, le=16_777_216, description="request line + headers, bytes; more: 431"
+    )
+    max_header_lines: int = Field(
+        100, ge=8, le=100_000, description="header fields per request; more: 431"
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="seconds from connect to a complete request head; 408"
+    )
+    body_idle_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="longest silence inside a request body, seconds; 408"
+    )
+    keep_alive_s: float = Field(
+        5.0, gt=0, le=3600, description="an idle keep-alive connection closes after this"
+    )
+    max_connections: int = Field(
+        0, ge=0, le=1_000_000, description="open connections; 0: the open-file limit less 128"
+    )
+    drain_body_bytes: int = Field(
+        8_388_608, ge=0, le=1 << 30, description="refused body read and dropped so 413 arrives"
+    )
+
     # Dynamic batching (1 turns it off).
     max_batch_size: int = Field(64, ge=1, le=4096)
     max_batch_delay_ms: float = Field(10.0, ge=0, le=1000)  # the most a forming batch waits
@@ -72,6 +95,12 @@ class Settings(BaseSettings):
     max_queued_jobs: int = Field(8, ge=1)
     max_running_jobs: int = Field(1, ge=1)
     job_threads: int = Field(1, ge=1, le=256)
+    train_memory_budget_mb: int = Field(
+        4096,
+        ge=64,
+        le=16_777_216,
+        description="Refuse (422) a /train request whose estimated peak memory is over this",
+    )
 
     @property
     def jobs_db(self) -> Path:
