@@ -30,7 +30,28 @@ from .errors import ApiError
 # 499: the status nginx logs for a client that closed the connection before the answer.
 CLIENT_GONE = 499
 
-_gone: ContextVar[asyncio.Future[None] | None] = ContextVar("gatehouse_client_gone", default=None)
+
+class _Watch:
+    """One request's watch, started on first use: by then the body has been read (the engine
+    runs after the request is parsed), so the watcher never takes a body message."""
+
+    __slots__ = ("_receive", "_gone")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._gone: asyncio.Future[None] | None = None
+
+    def gone(self) -> asyncio.Future[None]:
+        if self._gone is None:
+            loop = asyncio.get_running_loop()
+            self._gone = gone = loop.create_future()
+            # Ends by itself: receive() reports a disconnect once the response is complete.
+            task = loop.create_task(_watch(self._receive, gone), name="gatehouse-client-watch")
+            gone.add_done_callback(lambda _: task)  # referenced until it ends
+        return self._gone
+
+
+_current: ContextVar[_Watch | None] = ContextVar("gatehouse_client_watch", default=None)
 
 
 class ClientGone(ApiError):
@@ -57,22 +78,18 @@ class WatchedRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def watched(request: Request) -> Response:
-            loop = asyncio.get_running_loop()
-            gone: asyncio.Future[None] = loop.create_future()
-            # Ends by itself: receive() reports a disconnect once the response is complete.
-            task = loop.create_task(_watch(request.receive, gone), name="gatehouse-client-watch")
-            gone.add_done_callback(lambda _: task)  # referenced until it ends
-            token = _gone.set(gone)
+            token = _current.set(_Watch(request.receive))
             try:
                 return await handler(request)
             finally:
                 # An app called in its client's own task (httpx's ASGITransport) must not
-                # leave this request's future behind for the next one.
-                _gone.reset(token)
+                # leave this request's watch behind for the next one.
+                _current.reset(token)
 
         return watched
 
 
 def client_gone() -> asyncio.Future[None] | None:
     """The current request's departure future, or None where nobody watches (in-process use)."""
-    return _gone.get()
+    watch = _current.get()
+    return None if watch is None else watch.gone()
