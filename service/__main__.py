@@ -1,20 +1,27 @@
-"""`python -m service`: settings from flags and GATEHOUSE_* env vars, then uvicorn."""
+"""`python -m service` (and `gatehouse serve`): settings from flags, env and file, then uvicorn."""
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
-import logging
-import signal
 import sys
-import threading
-from collections.abc import Iterator
+from pathlib import Path
 
-import uvicorn
+# `python -m` puts the working directory first on sys.path: a user's own `models.py` there
+# would shadow this project's `models` package. The folder holding this package goes first.
+_ROOT = str(Path(__file__).resolve().parents[1])
+if sys.path[:1] != [_ROOT]:
+    sys.path.insert(0, _ROOT)
 
-from . import logs
-from .app import create_app
-from .settings import Settings, parse_args
+import contextlib  # noqa: E402
+import ipaddress  # noqa: E402
+import logging  # noqa: E402
+import signal  # noqa: E402
+import threading  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+
+import uvicorn  # noqa: E402
+
+from .settings import Settings  # noqa: E402
+from .settings_load import parse_args  # noqa: E402
 
 log = logging.getLogger("gatehouse")
 
@@ -70,8 +77,25 @@ class GracefulServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def main(argv: list[str] | None = None) -> int:
-    settings = parse_args(argv)
+def other_env_names() -> list[str]:
+    """`GATEHOUSE_*` variables read by other settings than `Settings`: not unknown ones."""
+    from .jobs.bounds import TrainBounds  # imports torch: only when a name needs checking
+
+    prefix = TrainBounds.model_config.get("env_prefix", "")
+    return [prefix.upper() + name.upper() for name in TrainBounds.model_fields]
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m service") -> int:
+    settings = parse_args(argv, prog, other_env_names)
+    return serve(settings)
+
+
+def serve(settings: Settings) -> int:
+    # The app (and torch) load after the settings are known to be good: `--help` and a bad
+    # value answer at once.
+    from . import logs
+    from .app import create_app
+
     logs.configure_logging(settings.log_level)
     problem = check_exposure(settings)
     if problem:
