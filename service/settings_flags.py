@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import types
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import annotated_types
@@ -40,6 +41,10 @@ def choices(info: FieldInfo) -> tuple[Any, ...] | None:
 
 def is_switch(info: FieldInfo) -> bool:
     return _plain_type(info) is bool
+
+
+def is_secret(info: FieldInfo) -> bool:
+    return _plain_type(info) is SecretStr
 
 
 def switch_flags(field: str) -> tuple[str, str]:
@@ -98,7 +103,8 @@ def _metavar(info: FieldInfo) -> str:
     if options is not None:
         return "{" + ",".join(map(str, options)) + "}"
     kind = _plain_type(info)
-    return {int: "INT", float: "NUM", str: "TEXT", SecretStr: "KEY"}.get(kind, "PATH")
+    names = {int: "INT", float: "NUM", str: "TEXT", SecretStr: "KEY", Path: "PATH"}
+    return names.get(kind, "VALUE")
 
 
 def help_text(field: str, info: FieldInfo) -> str:

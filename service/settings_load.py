@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 from pydantic import ValidationError
 
 from .settings import ENV_PREFIX, Settings, build, env_name
-from .settings_flags import add_settings_flags, allowed_text, flag_name
+from .settings_flags import add_settings_flags, allowed_text, flag_name, is_secret
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -43,7 +43,7 @@ def add_config_flag(parser: argparse.ArgumentParser) -> None:
         "--config",
         metavar="FILE",
         default=argparse.SUPPRESS,
-        help=f"a TOML file of settings, keys as the field names below ({CONFIG_ENV})",
+        help=f"a TOML file of settings: max_batch_size = 32 for --max-batch-size ({CONFIG_ENV})",
     )
 
 
@@ -104,7 +104,9 @@ def unknown_names(
     return out
 
 
-def _source(field: str, flags: Mapping[str, Any], environ: Mapping[str, str], path: str | None):
+def _source(
+    field: str, flags: Mapping[str, Any], environ: Mapping[str, str], path: str | None
+) -> str:
     if field in flags:
         return flag_name(field)
     if any(k.upper() == env_name(field) for k in environ):
@@ -125,7 +127,7 @@ def explain(
         if field in fields:
             where = _source(field, flags, environ, config_path)
             value = detail.get("input")
-            shown = "***" if field == "api_key" else repr(value)
+            shown = "***" if is_secret(fields[field]) else repr(value)
             return (
                 f"invalid {field} = {shown} (from {where}): must be {allowed_text(fields[field])}"
             )
@@ -135,15 +137,13 @@ def explain(
 def load(
     flags: Mapping[str, Any],
     config_path: str | None = None,
-    environ: Mapping[str, str] | None = None,
     other_env: OtherNames = tuple,
     warn: Callable[[str], None] = lambda _: None,
 ) -> Settings:
-    """Settings from flags, env and file; `warn` hears of unknown names (before any error).
-
-    Raises SettingsProblem for an unreadable file or an invalid value.
+    """Settings from flags, os.environ and file; `warn` hears of unknown names (before any
+    error). Raises SettingsProblem for an unreadable file or an invalid value.
     """
-    environ = os.environ if environ is None else environ
+    environ = os.environ
     config_path = config_path or environ.get(CONFIG_ENV) or None
     file_values = read_config(config_path) if config_path else {}
     for line in unknown_names(environ, file_values, config_path, other_env):

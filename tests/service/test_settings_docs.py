@@ -3,8 +3,11 @@ example config file loads without an unknown key or an invalid value."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
+
+import pytest
 
 from service import settings_docs
 from service.settings_load import load
@@ -17,12 +20,15 @@ def test_table_is_the_generated_one() -> None:
     )
 
 
-def test_example_config_file_loads_cleanly(tmp_path: Path) -> None:
+def test_example_config_file_loads_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.upper().startswith("GATEHOUSE_"):
+            monkeypatch.delenv(name)
     (example,) = re.findall(r"```toml\n(.*?)```", settings_docs.DOC.read_text(), re.S)
     path = tmp_path / "gatehouse.toml"
     path.write_text(example)
     warnings: list[str] = []
-    settings = load({}, str(path), environ={}, warn=warnings.append)
+    settings = load({}, str(path), warn=warnings.append)
     assert warnings == []
     assert settings.max_batch_size == 32 and settings.protect_inference is True
 
