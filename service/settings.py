@@ -125,6 +125,12 @@ class Settings(BaseSettings):
     max_queued_jobs: int = Field(8, ge=1, description="most training jobs waiting to run")
     max_running_jobs: int = Field(1, ge=1, description="most training jobs running at once")
     job_threads: int = Field(1, ge=1, le=256, description="torch threads per training job")
+    train_memory_budget_mb: int = Field(
+        4096,
+        ge=64,
+        le=16_777_216,
+        description="Refuse (422) a /train request whose estimated peak memory is over this",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -11,6 +11,7 @@ from models.store import NAME_RE, LoadedModel, StoreError, read_meta
 
 from ..deps import RegistryDep
 from ..errors import ApiError
+from ..redact import version_message
 from ..registry import ModelRegistry
 from ..schemas.common import ErrorBody
 from ..schemas.models import ModelDetail, ModelList, VersionInfo
@@ -40,7 +41,11 @@ def model_info(registry: ModelRegistry, loaded: LoadedModel) -> dict[str, Any]:
 
 @router.get("/models", response_model=ModelList, summary="Every served model (latest version)")
 async def list_models(registry: RegistryDep) -> dict[str, Any]:
-    return {"models": [model_info(registry, m) for m in registry.loaded()]}
+    failed = [
+        {"name": name, "versions": [{"version": v, "error": e} for v, e in reasons]}
+        for name, reasons in registry.broken_names().items()
+    ]
+    return {"models": [model_info(registry, m) for m in registry.loaded()], "failed": failed}
 
 
 def _versions(registry: ModelRegistry, name: str, served: int) -> list[dict[str, Any]]:
@@ -53,7 +58,7 @@ def _versions(registry: ModelRegistry, name: str, served: int) -> list[dict[str,
             entry["metrics"] = meta.get("metrics") or {}
             entry["history"] = meta.get("history") or []
         except StoreError as e:
-            entry["error"] = str(e)
+            entry["error"] = version_message(str(e), registry.model_dir, name, version)
         if registry.failure(name, version):
             entry["error"] = registry.failure(name, version)
         out.append(entry)
@@ -64,7 +69,10 @@ def _versions(registry: ModelRegistry, name: str, served: int) -> list[dict[str,
     "/models/{name}",
     response_model=ModelDetail,
     summary="One model, with all its versions",
-    responses={404: {"model": ErrorBody, "description": "Unknown model"}},
+    responses={
+        404: {"model": ErrorBody, "description": "Unknown model"},
+        503: {"model": ErrorBody, "description": "No version of it loads (`detail`: why each)"},
+    },
 )
 async def get_model(
     registry: RegistryDep, name: str = Path(max_length=64, examples=["lstm"])
