@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import signal
 import sys
@@ -14,28 +13,10 @@ import uvicorn
 
 from . import logs
 from .app import create_app
-from .settings import Settings, parse_args
+from .exposure import check_exposure, hide_key_from_title, is_loopback  # noqa: F401
+from .settings import parse_args
 
 log = logging.getLogger("gatehouse")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_exposure(settings: Settings) -> str | None:
-    """An open server on a reachable address lets anyone train models: refuse by default."""
-    if is_loopback(settings.host) or settings.api_key is not None or settings.allow_open:
-        return None
-    return (
-        f"refusing to listen on {settings.host} without an API key: set --api-key "
-        "(GATEHOUSE_API_KEY), or pass --allow-open to serve it open on purpose"
-    )
 
 
 class GracefulServer(uvicorn.Server):
@@ -72,6 +53,8 @@ class GracefulServer(uvicorn.Server):
 
 def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
+    if argv is None:
+        hide_key_from_title()
     logs.configure_logging(settings.log_level)
     problem = check_exposure(settings)
     if problem:

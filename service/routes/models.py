@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Depends, Path
 
 from models.store import NAME_RE, LoadedModel, StoreError, read_meta
 
-from ..deps import RegistryDep
+from ..auth import require_reader
+from ..deps import RegistryDep, SettingsDep
 from ..errors import ApiError
+from ..redact import hide_host_paths
 from ..registry import ModelRegistry
 from ..schemas.common import ErrorBody
 from ..schemas.models import ModelDetail, ModelList, VersionInfo
+from ..settings import Settings
 
-router = APIRouter(tags=["models"])
+router = APIRouter(tags=["models"], dependencies=[Depends(require_reader)])
 
 
 def model_info(registry: ModelRegistry, loaded: LoadedModel) -> dict[str, Any]:
@@ -43,7 +46,9 @@ async def list_models(registry: RegistryDep) -> dict[str, Any]:
     return {"models": [model_info(registry, m) for m in registry.loaded()]}
 
 
-def _versions(registry: ModelRegistry, name: str, served: int) -> list[dict[str, Any]]:
+def _versions(
+    registry: ModelRegistry, settings: Settings, name: str, served: int
+) -> list[dict[str, Any]]:
     out = []
     for version in registry.versions(name):
         entry: dict[str, Any] = {"version": version, "loaded": version == served}
@@ -56,6 +61,8 @@ def _versions(registry: ModelRegistry, name: str, served: int) -> list[dict[str,
             entry["error"] = str(e)
         if registry.failure(name, version):
             entry["error"] = registry.failure(name, version)
+        if "error" in entry:
+            entry["error"] = hide_host_paths(entry["error"], settings)
         out.append(entry)
     return out
 
@@ -67,10 +74,12 @@ def _versions(registry: ModelRegistry, name: str, served: int) -> list[dict[str,
     responses={404: {"model": ErrorBody, "description": "Unknown model"}},
 )
 async def get_model(
-    registry: RegistryDep, name: str = Path(max_length=64, examples=["lstm"])
+    registry: RegistryDep,
+    settings: SettingsDep,
+    name: str = Path(max_length=64, examples=["lstm"]),
 ) -> dict[str, Any]:
     if not NAME_RE.match(name):
         raise ApiError(404, f"unknown model {name!r}")
     loaded = registry.resolve(name)
-    versions = await asyncio.to_thread(_versions, registry, name, loaded.version)
+    versions = await asyncio.to_thread(_versions, registry, settings, name, loaded.version)
     return {**model_info(registry, loaded), "versions": [VersionInfo(**v) for v in versions]}
