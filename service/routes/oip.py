@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
-from ..auth import admit_new_session, client_id
+from ..auth import admit_new_session, client_id, require_reader
 from ..deps import EngineDep, ReaderDep, RegistryDep
 from ..errors import ApiError
 from ..oip import generate as oip_generate
@@ -57,8 +57,18 @@ async def ready(registry: RegistryDep) -> dict[str, bool]:
     return {"ready": True}
 
 
-@router.get("/models/{name}", summary="Model metadata", responses=ERRORS)
-@router.get("/models/{name}/versions/{version}", summary="Model metadata", responses=ERRORS)
+@router.get(
+    "/models/{name}",
+    summary="Model metadata",
+    responses=ERRORS,
+    dependencies=[Depends(require_reader)],
+)
+@router.get(
+    "/models/{name}/versions/{version}",
+    summary="Model metadata",
+    responses=ERRORS,
+    dependencies=[Depends(require_reader)],
+)
 async def model_metadata(
     name: str, engine: EngineDep, registry: RegistryDep, version: str | None = None
 ) -> dict[str, Any]:
