@@ -53,9 +53,9 @@ class GracefulServer(uvicorn.Server):
 
 def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
-    if argv is None:
-        hide_key_from_title()
     logs.configure_logging(settings.log_level)
+    if argv is None:  # the real command line: what ps shows
+        hide_key_from_title()
     problem = check_exposure(settings)
     if problem:
         log.error(problem)

@@ -4,10 +4,13 @@ address, and keep a key passed as a flag out of the process title (`ps`)."""
 from __future__ import annotations
 
 import ipaddress
+import logging
 import sys
 
 from .auth import KeyFileError, api_key
 from .settings import Settings
+
+log = logging.getLogger("gatehouse")
 
 
 def is_loopback(host: str) -> bool:
@@ -60,7 +63,10 @@ def hide_key_from_title(argv: list[str] | None = None) -> bool:
     masked = _masked(argv)
     if masked == argv:
         return False
-    import setproctitle  # only where there is something to hide
-
+    try:
+        import setproctitle  # only where there is something to hide
+    except ImportError:  # a declared dependency, but an old install may lack it
+        log.warning("setproctitle is not installed: --api-key stays visible in ps")
+        return False
     setproctitle.setproctitle(" ".join([sys.executable, "-m", "service", *masked[1:]]))
     return True
