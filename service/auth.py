@@ -89,8 +89,9 @@ async def require_reader(request: Request) -> None:
 
 async def require_metrics_reader(request: Request) -> None:
     """`/metrics`: behind the key with `protect_inference`, unless `metrics_open`."""
-    settings = request.app.state.settings
-    if settings.protect_inference and not settings.metrics_open:
+    # `metrics.install` also serves apps without Gatehouse settings: nothing to check there.
+    settings = getattr(request.app.state, "settings", None)
+    if settings is not None and settings.protect_inference and not settings.metrics_open:
         check_key(request)
 
 
