@@ -30,6 +30,19 @@ def checkpoint_path(directory: str | os.PathLike[str]) -> Path:
     return Path(directory) / CHECKPOINT_FILE
 
 
+def nonfinite(tensors: dict[str, Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity, sorted.
+
+    Such weights load without complaint and then answer every input with NaN: whoever loads
+    weights refuses them here rather than serve or resume from them.
+    """
+    return sorted(
+        key
+        for key, value in tensors.items()
+        if value.dtype.is_floating_point and not bool(torch.isfinite(value).all())
+    )
+
+
 def save_checkpoint(
     directory: str | os.PathLike[str], tensors: dict[str, Tensor], state: dict[str, Any]
 ) -> Path:
@@ -73,6 +86,9 @@ def load_checkpoint(
         raise CheckpointError(f"{path}: unreadable training checkpoint: {e}") from e
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: checkpoint state is not a JSON object")
+    bad = nonfinite(tensors)
+    if bad:
+        raise CheckpointError(f"{path}: non-finite values (NaN or infinity) in {bad}")
     return tensors, state
 
 

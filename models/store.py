@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from models.checkpoint import nonfinite
 from models.json_values import json_safe
 from models.lm import ARCHS, RNNLM, ModelConfig
 from models.tokenizer import Tokenizer
@@ -323,6 +324,9 @@ def _load_weights(path: Path, config: ModelConfig) -> dict[str, torch.Tensor]:
             raise StoreError(f"{path}: {key!r} has shape {tuple(got.shape)}, config needs {shape}")
         if not got.dtype.is_floating_point:
             raise StoreError(f"{path}: {key!r} has non-float dtype {got.dtype}")
+    bad = nonfinite(tensors)
+    if bad:
+        raise StoreError(f"{path}: non-finite values (NaN or infinity) in {', '.join(bad)}")
     return tensors
 
 

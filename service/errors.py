@@ -13,8 +13,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse as StarletteJSONResponse
 from starlette.responses import Response
 
-from .redact import hide_host_paths
-
 log = logging.getLogger("gatehouse.errors")
 
 
@@ -82,9 +80,8 @@ def _jsonable_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> Response:
-        message = hide_host_paths(exc.message, request.app.state.settings)
-        return error_response(exc.status, message, exc.headers, exc.detail)
+    async def _api_error(_: Request, exc: ApiError) -> Response:
+        return error_response(exc.status, exc.message, exc.headers, exc.detail)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> Response:

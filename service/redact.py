@@ -1,31 +1,43 @@
-"""Host paths out of what clients read: error messages name files relative to the model
-store or the data directory (`<model-dir>/lstm/3/meta.json`), never where they lie on the
-host. The server's log keeps the full paths."""
+"""Host paths out of messages meant for clients: a client learns what broke, not where.
+
+The server's own log keeps the full text; what goes into a response or a job record passes
+through here first.
+"""
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
-from .settings import Settings
+# An absolute path: a slash, then path characters (quotes, spaces, commas and brackets end it).
+_ABSOLUTE = re.compile(r"(?<![\w.~:/])/(?:[^\s'\"()\[\]{},;:]+/?)+")
+
+_STORE_FILES = {
+    "model.safetensors": "the weights file",
+    "meta.json": "meta.json",
+    "vocab.json": "the vocabulary file",
+}
 
 
-def _roots(settings: Settings) -> list[tuple[str, str]]:
-    roots: list[tuple[Path, str]] = [(settings.model_dir, "<model-dir>")]
-    if settings.data_dir is not None:
-        roots.append((settings.data_dir, "<data-dir>"))
-    pairs: list[tuple[str, str]] = []
-    for path, label in roots:
-        for form in {str(path), str(path.expanduser().resolve())}:
-            if form not in ("", "/", "."):
-                pairs.append((form.rstrip("/"), label))
-    home = str(Path.home())
-    if home not in ("", "/"):
-        pairs.append((home, "~"))
-    # Longest first: the model store usually lies inside the home directory.
-    return sorted(pairs, key=lambda p: len(p[0]), reverse=True)
+def _basename(match: re.Match[str]) -> str:
+    name = os.path.basename(match.group(0).rstrip("/"))
+    return f"<{name}>" if name else "<path>"
 
 
-def hide_host_paths(text: str, settings: Settings) -> str:
-    for root, label in _roots(settings):
-        text = text.replace(root, label)
-    return text
+def without_paths(text: str) -> str:
+    """`text` with each absolute path replaced by its last component in angle brackets."""
+    return _ABSOLUTE.sub(_basename, text)
+
+
+def version_message(text: str, model_dir: Path, name: str, version: int) -> str:
+    """A store error about `name` v`version`, told without host paths.
+
+    "/srv/models/lstm/3/model.safetensors: unreadable ..." becomes "the weights file of
+    lstm v3: unreadable ...".
+    """
+    base = os.path.join(str(model_dir), name, str(version))
+    for file, label in _STORE_FILES.items():
+        text = text.replace(os.path.join(base, file), f"{label} of {name} v{version}")
+    text = text.replace(base, f"{name} v{version}")
+    return without_paths(text.replace(str(model_dir), "the model store"))

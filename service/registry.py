@@ -18,6 +18,7 @@ from models.store import LoadedModel, StoreError
 
 from . import metrics
 from .errors import ApiError
+from .redact import version_message
 
 log = logging.getLogger("gatehouse.registry")
 
@@ -29,7 +30,17 @@ _EXTRA_VERSIONS = 4
 @dataclass(frozen=True)
 class _Failure:
     stamp: float  # mtime of the version dir when it failed: a rewrite earns another try
-    reason: str
+    reason: str  # told without host paths: it goes to clients
+
+
+def _failed_to_load(name: str, reasons: list[tuple[int, str]], what: str = "model") -> ApiError:
+    """503 for a name none of whose versions loaded: each version's reason, newest first."""
+    told = "; ".join(reason for _, reason in reasons[::-1])
+    return ApiError(
+        503,
+        f"{what} {name!r} failed to load: {told}",
+        detail=[{"version": v, "error": reason} for v, reason in reasons],
+    )
 
 
 class ModelRegistry:
@@ -52,9 +63,16 @@ class ModelRegistry:
         return [self._latest[n] for n in sorted(self._latest)]
 
     def default(self) -> LoadedModel | None:
+        """The default model; another one only when the store has no such name at all.
+
+        A default whose versions all failed to load is no default to stand in for: the
+        requests that name no model fail with the reason (`resolve`) instead.
+        """
         latest = self._latest
         if self.default_name in latest:
             return latest[self.default_name]
+        if self.broken(self.default_name):
+            return None
         return latest[min(latest)] if latest else None
 
     def is_default(self, name: str) -> bool:
@@ -65,11 +83,24 @@ class ModelRegistry:
         f = self._failures.get((name, version))
         return f.reason if f else None
 
+    def broken(self, name: str) -> list[tuple[int, str]]:
+        """(version, reason) of each version of `name` that failed to load, ascending."""
+        return sorted((v, f.reason) for (n, v), f in list(self._failures.items()) if n == name)
+
+    def broken_names(self) -> dict[str, list[tuple[int, str]]]:
+        """Names in the store with no loadable version: what failed for each."""
+        latest = self._latest
+        names = {n for n, _ in list(self._failures)}
+        return {n: self.broken(n) for n in sorted(names) if n not in latest}
+
     def resolve(self, ref: str | None) -> LoadedModel:
         """`None` (default model), `name` (latest) or `name@version`; 404 when unknown."""
         if ref is None:
             found = self.default()
             if found is None:
+                reasons = self.broken(self.default_name)
+                if reasons and self.default_name not in self._latest:
+                    raise _failed_to_load(self.default_name, reasons, "the default model")
                 raise ApiError(503, "no model is loaded yet", headers={"Retry-After": "5"})
             return found
         try:
@@ -79,6 +110,9 @@ class ModelRegistry:
         latest = self._latest.get(name)
         if version is None or (latest is not None and latest.version == version):
             if latest is None:
+                reasons = self.broken(name)
+                if reasons:
+                    raise _failed_to_load(name, reasons)
                 raise ApiError(404, f"unknown model {name!r}")
             return latest
         return self._load_pinned(name, version)
@@ -94,7 +128,8 @@ class ModelRegistry:
         with self._lock:
             found = self._extra.get(key) or self._load(name, version, latest=False)
         if found is None:
-            raise ApiError(404, f"{name}@{version} is broken: {self.failure(name, version)}")
+            reason = self.failure(name, version) or "unreadable"
+            raise ApiError(503, f"model {name}@{version} failed to load: {reason}")
         self._extra[key] = found
         while len(self._extra) > _EXTRA_VERSIONS:
             self._extra.popitem(last=False)
@@ -114,7 +149,8 @@ class ModelRegistry:
         try:
             loaded = store.load_version(self.model_dir, name, version, device=self.device)
         except (StoreError, OSError, RuntimeError, ValueError) as e:
-            self._failures[(name, version)] = _Failure(stamp, str(e))
+            told = version_message(str(e), self.model_dir, name, version)
+            self._failures[(name, version)] = _Failure(stamp, told)
             log.error("skipping broken model version %s@%s: %s", name, version, e)
             metrics.model_load_failed(name, "corrupt")
             return None
@@ -145,9 +181,13 @@ class ModelRegistry:
         with self._lock:
             latest = dict(self._latest)
             names = store.list_names(self.model_dir) if self.model_dir.is_dir() else []
+            on_disk = {name: store.list_versions(self.model_dir, name) for name in names}
+            # A broken version removed from the store is no longer a failure to report.
+            for key in [k for k in self._failures if k[1] not in on_disk.get(k[0], ())]:
+                del self._failures[key]
             for name in names:
                 current = latest.get(name)
-                for version in reversed(store.list_versions(self.model_dir, name)):
+                for version in reversed(on_disk[name]):
                     if current is not None and version <= current.version:
                         break
                     loaded = self._load(name, version)

@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     max_queued_jobs: int = Field(8, ge=1)
     max_running_jobs: int = Field(1, ge=1)
     job_threads: int = Field(1, ge=1, le=256)
+    train_memory_budget_mb: int = Field(
+        4096,
+        ge=64,
+        le=16_777_216,
+        description="Refuse (422) a /train request whose estimated peak memory is over this",
+    )
 
     @property
     def jobs_db(self) -> Path:

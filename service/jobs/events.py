@@ -16,6 +16,8 @@ from models.json_values import json_safe
 
 _QUEUE_SIZE = 64
 KEEPALIVE_S = 15.0
+POLL_S = 1.0  # without events for this long, a stream reads the job's record again
+FINAL_STATES = ("succeeded", "failed", "cancelled")
 _END = object()  # sentinel: the job ended, or the server is shutting down
 
 
@@ -78,25 +80,43 @@ async def stream(
     hub: EventHub,
     job_id: str,
     snapshot: Callable[[], Awaitable[dict[str, Any] | None]],
+    poll_s: float = POLL_S,
 ) -> AsyncIterator[bytes]:
     """The SSE body: the job as it is now, then its events, then `end` with the final record.
 
-    Subscribing before taking the snapshot means no event can fall between the two.
+    Subscribing before taking the snapshot means no event can fall between the two. When no
+    event arrives for `poll_s` the stored record is read again: a job another server runs on
+    this store sends no events here, so its progress and its end come from the database.
     """
     q = hub.subscribe(job_id)
+    loop = asyncio.get_running_loop()
     try:
         job = await snapshot()
         if job is None:
             return
         yield format_event("status", job)
-        if job["status"] in ("succeeded", "failed", "cancelled"):
+        if job["status"] in FINAL_STATES:
             yield format_event("end", job)
             return
+        seen = (job["status"], job.get("progress"))
+        quiet_since = loop.time()
         while True:
             try:
-                item = await asyncio.wait_for(q.get(), KEEPALIVE_S)
+                item = await asyncio.wait_for(q.get(), poll_s)
             except asyncio.TimeoutError:
-                yield b": keepalive\n\n"  # lets proxies and clients see the stream is alive
+                job = await snapshot()
+                if job is None or job["status"] in FINAL_STATES:
+                    if job is not None:
+                        yield format_event("end", job)
+                    return
+                if (job["status"], job.get("progress")) != seen:
+                    seen = (job["status"], job.get("progress"))
+                    yield format_event("status", job)
+                elif loop.time() - quiet_since >= KEEPALIVE_S:
+                    yield b": keepalive\n\n"  # lets proxies and clients see it is alive
+                else:
+                    continue
+                quiet_since = loop.time()
                 continue
             if item is _END:
                 final = await snapshot()
@@ -104,6 +124,9 @@ async def stream(
                     yield format_event("end", final)
                 return
             event, data = item
+            if "progress" in data:
+                seen = (data.get("status", seen[0]), data.get("progress"))
+            quiet_since = loop.time()
             yield format_event(event, data)
     finally:
         hub.unsubscribe(job_id, q)

@@ -23,6 +23,7 @@ from ..errors import ApiError
 from ..schemas.jobs import CorpusOptions, CorpusSpec, TrainRequest
 from . import datasets, spool
 from .bounds import TrainBounds, estimate_params
+from .memory import estimate_training_memory
 
 _UPLOAD_CHUNK = 1 << 20
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
@@ -88,12 +89,16 @@ def parse_form(
 
 
 def check_request(
-    req: TrainRequest, bounds: TrainBounds, upload: CorpusOptions | None = None
+    req: TrainRequest,
+    bounds: TrainBounds,
+    upload: CorpusOptions | None = None,
+    memory_budget_mb: int | None = None,
 ) -> dict[str, Any]:
     """The hyperparameters to train with, all in range; else a 422 listing each problem.
 
     `upload`: the corpus options of a multipart request (form fields beside the file); a JSON
-    request carries them in its `corpus`."""
+    request carries them in its `corpus`. `memory_budget_mb`: the most a job's estimated
+    peak memory may be (service.jobs.memory), at the largest vocabulary it may end up with."""
     hp = req.hyperparameters()
     problems = [_problem(f, m, "range") for f, m in bounds.check(hp)]
     options, where = (upload, "") if upload is not None else (req.corpus, "corpus.")
@@ -143,7 +148,39 @@ def check_request(
         TrainConfig(arch=req.arch, **hp)
     except (TypeError, ValueError) as e:
         raise _refuse([_problem("body", str(e))]) from e
+    if memory_budget_mb is not None:
+        _check_memory(req.arch, eff, memory_budget_mb)
     return hp
+
+
+def _check_memory(arch: str, eff: dict[str, Any], budget_mb: int) -> None:
+    # The corpus is not read yet: max_vocab is the largest vocabulary the job can have.
+    need = estimate_training_memory(
+        arch,
+        eff["max_vocab"],
+        eff["embedding_size"],
+        eff["hidden_size"],
+        eff["num_layers"],
+        eff["tied"],
+        eff["batch_size"],
+        eff["bptt"],
+        eff.get("optimizer", "adam"),
+        eff["dropout"],
+    )
+    if need.total <= budget_mb << 20:
+        return
+    raise _refuse(
+        [
+            _problem(
+                "batch_size",
+                f"training would need an estimated {need.describe()} at a vocabulary of up "
+                f"to {eff['max_vocab']} words, over the memory budget of {budget_mb} MiB "
+                "(GATEHOUSE_TRAIN_MEMORY_BUDGET_MB): lower batch_size, bptt, the sizes or "
+                "max_vocab",
+                "memory",
+            )
+        ]
+    )
 
 
 def _options(opts: CorpusOptions) -> dict[str, Any]:

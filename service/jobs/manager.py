@@ -28,6 +28,7 @@ from .views import job_view
 log = logging.getLogger("gatehouse.jobs")
 
 STOP_GRACE_S = 20.0  # on shutdown, time for workers to write their checkpoint
+PENDING_RETRY_S = 2.0  # how often a job end the database refused is written again
 
 
 class JobManager:
@@ -44,6 +45,7 @@ class JobManager:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
+        self._retrier: asyncio.Task[None] | None = None
         self._owner: IO[bytes] | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -68,6 +70,7 @@ class JobManager:
             log.info("removed %d leftover job directories", len(removed))
         await self.context.publish_counts()
         self._scheduler = asyncio.create_task(self._schedule_loop(), name="jobs-scheduler")
+        self._retrier = asyncio.create_task(self._retry_loop(), name="jobs-retry-writes")
         self._wake.set()
 
     async def stop(self) -> None:
@@ -93,6 +96,10 @@ class JobManager:
                     run.worker.kill()
             if late:
                 await asyncio.wait(late, timeout=5.0)
+        if self._retrier is not None:
+            self._retrier.cancel()
+            await asyncio.gather(self._retrier, return_exceptions=True)
+            await self.context.write_pending()  # a last try; a restart recovers the rest
         await self.db.close()
         if self._owner is not None:
             self._owner.close()
@@ -104,6 +111,9 @@ class JobManager:
 
     # ---- queries -----------------------------------------------------------------------
     def _view(self, row: JobRow) -> dict[str, Any]:
+        ended = self.context.pending_row(row.id)
+        if ended is not None and not row.final:
+            return job_view(ended)
         run = self._runs.get(row.id)
         return job_view(row, run.row if run is not None else None)
 
@@ -112,10 +122,16 @@ class JobManager:
         return None if row is None else self._view(row)
 
     async def list(self, statuses: list[str] | None, limit: int) -> list[dict[str, Any]]:
-        rows = await self.db.run(lambda db: db.list(statuses, limit))
-        return [self._view(r) for r in rows]
+        asked = statuses
+        if statuses and self.context.pending:  # held ends are "running" in the database
+            asked = [*statuses, "running"]
+        rows = await self.db.run(lambda db: db.list(asked, limit))
+        views = [self._view(r) for r in rows]
+        return [v for v in views if not statuses or v["status"] in statuses]
 
     def stream(self, job_id: str) -> AsyncIterator[bytes]:
+        # The database is polled too: a job another server runs, or one whose end this
+        # server could not announce, still ends its streams.
         return events.stream(self.hub, job_id, lambda: self.get(job_id))
 
     # ---- submission --------------------------------------------------------------------
@@ -125,7 +141,7 @@ class JobManager:
             raise ApiError(503, "the server is shutting down", headers={"Retry-After": "10"})
         if self._owner is None:
             raise ApiError(503, "another server on this model store runs the training jobs")
-        counts = await self.db.run(lambda db: db.counts())
+        counts = await self.context.counts()
         capacity = self.settings.max_running_jobs + self.settings.max_queued_jobs
         if counts["queued"] + counts["running"] >= capacity:
             etas = [r.row.metrics.get("eta_s") for r in self._runs.values()]
@@ -189,9 +205,14 @@ class JobManager:
             row = await self.db.run(lambda db: db.get(job_id))
             if row is None:
                 raise ApiError(404, f"unknown job {job_id!r}")
+            row = self.context.pending_row(job_id) or row
             if row.final:
                 raise ApiError(409, f"job {job_id} already ended: {row.status}")
             run = self._runs.get(job_id)
+            if run is None and row.status == "running" and self._owner is None:
+                raise ApiError(
+                    503, f"job {job_id} runs on another server of this model store: cancel it there"
+                )
             if run is None:
                 if await self.db.run(
                     lambda db: db.finish(job_id, "cancelled", only_from=("queued",))
@@ -219,6 +240,15 @@ class JobManager:
         return found
 
     # ---- scheduling --------------------------------------------------------------------
+    async def _retry_loop(self) -> None:
+        while not self.context.stopping:
+            await asyncio.sleep(PENDING_RETRY_S)
+            if self.context.pending:
+                try:
+                    await self.context.write_pending()
+                except Exception:
+                    log.exception("writing held job ends failed")
+
     async def _schedule_loop(self) -> None:
         while not self.context.stopping:
             await self._wake.wait()

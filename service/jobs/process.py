@@ -27,6 +27,12 @@ _LINE_LIMIT = 4 << 20  # a final event carries the whole history: allow long lin
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
+_SIGNAL_HINTS = {
+    signal.SIGKILL: " (the system may have run out of memory)",
+    signal.SIGXFSZ: " (a file it wrote hit the file size limit: the disk may be full)",
+}
+
+
 def describe_exit(code: int | None) -> str:
     if code is None:
         return "did not exit"
@@ -35,7 +41,7 @@ def describe_exit(code: int | None) -> str:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
-        hint = " (the system may have run out of memory)" if -code == signal.SIGKILL else ""
+        hint = _SIGNAL_HINTS.get(-code, "")
         return f"was killed by {name}{hint}"
     return f"exited with status {code}"
 

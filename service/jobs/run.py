@@ -11,17 +11,21 @@ without a word (failed, with the end of its log).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import metrics
+from ..redact import without_paths
 from ..registry import ModelRegistry
 from ..settings import Settings
 from . import protocol, spool
 from .bounds import TrainBounds
-from .db import FINAL, AsyncJobDB, JobRow
+from .db import FINAL, AsyncJobDB, JobDB, JobRow
 from .events import EventHub
 from .process import WorkerProcess, describe_exit
 from .views import job_view
@@ -33,6 +37,12 @@ CANCEL_GRACE_S = 5.0  # cooperative cancel first, then SIGKILL
 DB_WRITE_INTERVAL_S = 1.0  # progress to SQLite at most this often; epochs and ends at once
 _METRIC_KEYS = ("step", "total_steps", "epoch", "epochs", "loss", "ppl", "lr", "tokens_per_s")
 _METRIC_KEYS += ("elapsed_s", "eta_s", "val_ppl")
+
+
+def _write_end(db: JobDB, job_id: str, row: JobRow, values: dict[str, Any]) -> None:
+    if row.model_version is not None:
+        db.record_version(job_id, row.model_version)
+    db.finish(job_id, row.status, **values)
 
 
 class JobContext:
@@ -52,17 +62,47 @@ class JobContext:
         self.db = db
         self.hub = hub
         self.stopping = False  # set by the manager at shutdown
+        # Jobs that ended while their final state could not be written (a full or failing
+        # disk under the database): shown, counted and refused as ended, written when the
+        # database takes writes again (`write_pending`).
+        self.pending: dict[str, tuple[JobRow, dict[str, Any]]] = {}
+
+    def pending_row(self, job_id: str) -> JobRow | None:
+        found = self.pending.get(job_id)
+        return None if found is None else found[0]
+
+    async def write_pending(self) -> None:
+        """Retry writing each final state held in memory; keep those that still fail."""
+        for job_id, (row, values) in list(self.pending.items()):
+            try:
+                await self.db.run(
+                    functools.partial(_write_end, job_id=job_id, row=row, values=values)
+                )
+            except (sqlite3.Error, OSError) as e:
+                log.warning("job %s: its final state still cannot be written: %s", job_id, e)
+                return
+            self.pending.pop(job_id, None)
+            log.info("job %s: final state %s written", job_id, row.status)
+        await self.publish_counts()
 
     async def ended(self, job_id: str, status: str, seconds: float) -> None:
         """After a job reached a final state: metrics, files, streams."""
         metrics.job_finished(job_id, status, seconds)
-        await asyncio.to_thread(spool.remove, self.settings.model_dir, job_id)
         self.hub.end(job_id)
+        await asyncio.to_thread(spool.remove, self.settings.model_dir, job_id)
         await self.publish_counts()
+
+    async def counts(self) -> dict[str, int]:
+        """Jobs per state, the ones ended but not yet written counted as ended."""
+        counts = await self.db.run(lambda db: db.counts())
+        for row, _ in list(self.pending.values()):
+            counts["running"] = max(0, counts["running"] - 1)
+            counts[row.status] += 1
+        return counts
 
     async def publish_counts(self) -> None:
         if self.db.is_open:
-            metrics.set_jobs_by_state(await self.db.run(lambda db: db.counts()))
+            metrics.set_jobs_by_state(await self.counts())
 
 
 @dataclass(eq=False)
@@ -131,7 +171,7 @@ class Run:
         if remaining <= 0:
             reason = f"over the time limit of {self.ctx.bounds.max_job_seconds:.0f}s"
         elif not (job_dir / spool.SPEC_FILE).is_file():
-            reason = f"the job's files are missing from {job_dir}"
+            reason = "the job's files are missing from its directory in the model store"
         else:
             try:
                 self.worker = await WorkerProcess.spawn(
@@ -232,9 +272,14 @@ class Run:
         row, outcome = self.row, self.outcome or {}
         kind = outcome.get("event")
         if kind == protocol.SUCCEEDED:
-            version = await self.ctx.db.run(
-                lambda db: db.record_version(row.id, outcome["version"])
-            )
+            try:
+                version = await self.ctx.db.run(
+                    lambda db: db.record_version(row.id, outcome["version"])
+                )
+            except (sqlite3.Error, OSError) as e:  # finish() holds it until it can be written
+                log.error("job %s: recording its version failed: %s", row.id, e)
+                version = outcome["version"]
+            row.model_version = version
             try:
                 # Served before anyone can read "succeeded": a client may /predict at once.
                 await asyncio.to_thread(self.ctx.registry.refresh)
@@ -276,12 +321,29 @@ class Run:
             await self.finish("failed", error=error)
 
     async def finish(self, status: str, **values: Any) -> None:
+        """Record the job's end. Never raises: an end that cannot be written is held in
+        memory (`JobContext.pending`) so the job still reads as ended and frees its slot."""
         spent = self.take_seconds()
         job_id = self.row.id
-        changed = await self.ctx.db.run(
-            lambda db: db.finish(job_id, status, add_run_seconds=spent, **values)
-        )
+        error = values.get("error")
+        if error:
+            values["error"] = without_paths(str(error))  # clients read it; the log keeps all
+        values["add_run_seconds"] = spent
+        try:
+            changed = await self.ctx.db.run(lambda db: db.finish(job_id, status, **values))
+        except (sqlite3.Error, OSError) as e:
+            log.error("job %s ended %s but the database refused the write: %s", job_id, status, e)
+            shown = {k: values[k] for k in ("progress", "metrics", "history") if k in values}
+            row = dataclasses.replace(
+                self.row,
+                **shown,
+                status=status,
+                finished_at=time.time(),
+                error=values.get("error"),
+                note="this end is not yet written to the jobs database: its disk refused it",
+            )
+            self.ctx.pending[job_id] = (row, values)
+            changed = True
         if changed:
-            error = values.get("error")
             log.info("job %s %s%s", job_id, status, f": {error}" if error else "")
             await self.ctx.ended(job_id, status, self.total_seconds())

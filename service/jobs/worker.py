@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -209,7 +211,40 @@ def _describe(e: BaseException) -> str:
         return str(e)
     if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
         return f"out of memory while training: {e}".rstrip(": ")
+    io = as_os_error(e)
+    if io is not None:
+        return f"training stopped: {_io_failure(io)}"
     return f"training failed: {type(e).__name__}: {e}"
+
+
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def as_os_error(e: BaseException) -> OSError | None:
+    """The failed system call behind `e`: an OSError, or safetensors' own error type, which
+    wraps one as text ("I/O error: No space left on device (os error 28)")."""
+    if isinstance(e, OSError) and e.errno is not None:
+        return e
+    found = _OS_ERROR.search(str(e))
+    if found is None:
+        return None
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code))
+
+
+def _io_failure(e: OSError) -> str:
+    """A failed read or write, told without the path (the server's log has it)."""
+    code = errno.errorcode.get(e.errno or 0, "?")
+    hint = {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is used up",
+        errno.EFBIG: "a file hit the file size limit",
+        errno.EIO: "the disk failed",
+        errno.EACCES: "the model store is not writable",
+        errno.EPERM: "the model store is not writable",
+        errno.EROFS: "the model store is on a read-only file system",
+    }.get(e.errno or 0, "the disk refused it")
+    return f"a file could not be written ({code}: {e.strerror}): {hint}"
 
 
 def run(job_dir: Path, model_dir: Path, device: str, threads: int, emitter: Emitter) -> int:
@@ -279,9 +314,13 @@ def run(job_dir: Path, model_dir: Path, device: str, threads: int, emitter: Emit
     meta["job_id"] = job_id
     try:
         version = store.save_version(model_dir, name, result.model, result.tokenizer, meta)
-    except OSError as e:  # a full or failing disk: the store left no partial version behind
+    except Exception as e:  # a full or failing disk: the store left no partial version behind
+        io = as_os_error(e)
+        if io is None:
+            raise
         traceback.print_exc()
-        emitter.emit(FAILED, error=f"saving {name} failed, no version was created: {e}")
+        error = f"saving {name} failed, no version was created: {_io_failure(io)}"
+        emitter.emit(FAILED, error=error)
         return EXIT_FAILED
     log.info("job %s saved %s@%s", job_id, name, version)
     emitter.emit(SUCCEEDED, version=version, metrics=result.metrics, history=result.history)

@@ -89,7 +89,7 @@ async def _from_json(request: Request, jobs: JobManager, settings: Any) -> dict[
     except orjson.JSONDecodeError as e:
         raise ApiError(400, f"the body is not valid JSON: {e}") from e
     req = intake.parse_json(data, jobs.bounds)
-    hp = intake.check_request(req, jobs.bounds)
+    hp = intake.check_request(req, jobs.bounds, memory_budget_mb=settings.train_memory_budget_mb)
     corpus = req.corpus
     assert corpus is not None  # parse_json refuses a request without one
     return await jobs.submit(
@@ -106,7 +106,9 @@ async def _from_upload(request: Request, jobs: JobManager) -> dict[str, Any]:
     form = await request.form(max_files=1, max_fields=_MAX_FORM_FIELDS)
     try:
         req, opts, upload = intake.parse_form(form.multi_items(), jobs.bounds)
-        hp = intake.check_request(req, jobs.bounds, upload=opts)
+        hp = intake.check_request(
+            req, jobs.bounds, upload=opts, memory_budget_mb=jobs.settings.train_memory_budget_mb
+        )
         return await jobs.submit(
             req.name,
             req.arch,

@@ -10,13 +10,12 @@ from fastapi import APIRouter, Depends, Path
 from models.store import NAME_RE, LoadedModel, StoreError, read_meta
 
 from ..auth import require_reader
-from ..deps import RegistryDep, SettingsDep
+from ..deps import RegistryDep
 from ..errors import ApiError
-from ..redact import hide_host_paths
+from ..redact import version_message
 from ..registry import ModelRegistry
 from ..schemas.common import ErrorBody
 from ..schemas.models import ModelDetail, ModelList, VersionInfo
-from ..settings import Settings
 
 router = APIRouter(tags=["models"], dependencies=[Depends(require_reader)])
 
@@ -43,12 +42,14 @@ def model_info(registry: ModelRegistry, loaded: LoadedModel) -> dict[str, Any]:
 
 @router.get("/models", response_model=ModelList, summary="Every served model (latest version)")
 async def list_models(registry: RegistryDep) -> dict[str, Any]:
-    return {"models": [model_info(registry, m) for m in registry.loaded()]}
+    failed = [
+        {"name": name, "versions": [{"version": v, "error": e} for v, e in reasons]}
+        for name, reasons in registry.broken_names().items()
+    ]
+    return {"models": [model_info(registry, m) for m in registry.loaded()], "failed": failed}
 
 
-def _versions(
-    registry: ModelRegistry, settings: Settings, name: str, served: int
-) -> list[dict[str, Any]]:
+def _versions(registry: ModelRegistry, name: str, served: int) -> list[dict[str, Any]]:
     out = []
     for version in registry.versions(name):
         entry: dict[str, Any] = {"version": version, "loaded": version == served}
@@ -58,11 +59,9 @@ def _versions(
             entry["metrics"] = meta.get("metrics") or {}
             entry["history"] = meta.get("history") or []
         except StoreError as e:
-            entry["error"] = str(e)
+            entry["error"] = version_message(str(e), registry.model_dir, name, version)
         if registry.failure(name, version):
             entry["error"] = registry.failure(name, version)
-        if "error" in entry:
-            entry["error"] = hide_host_paths(entry["error"], settings)
         out.append(entry)
     return out
 
@@ -71,15 +70,16 @@ def _versions(
     "/models/{name}",
     response_model=ModelDetail,
     summary="One model, with all its versions",
-    responses={404: {"model": ErrorBody, "description": "Unknown model"}},
+    responses={
+        404: {"model": ErrorBody, "description": "Unknown model"},
+        503: {"model": ErrorBody, "description": "No version of it loads (`detail`: why each)"},
+    },
 )
 async def get_model(
-    registry: RegistryDep,
-    settings: SettingsDep,
-    name: str = Path(max_length=64, examples=["lstm"]),
+    registry: RegistryDep, name: str = Path(max_length=64, examples=["lstm"])
 ) -> dict[str, Any]:
     if not NAME_RE.match(name):
         raise ApiError(404, f"unknown model {name!r}")
     loaded = registry.resolve(name)
-    versions = await asyncio.to_thread(_versions, registry, settings, name, loaded.version)
+    versions = await asyncio.to_thread(_versions, registry, name, loaded.version)
     return {**model_info(registry, loaded), "versions": [VersionInfo(**v) for v in versions]}

@@ -24,8 +24,21 @@ class ModelInfo(BaseModel):
     created_at: str | None = None
 
 
+class FailedVersion(BaseModel):
+    version: int
+    error: str
+
+
+class FailedModel(BaseModel):
+    name: str
+    versions: list[FailedVersion] = Field(description="Each version that failed to load, and why")
+
+
 class ModelList(BaseModel):
     models: list[ModelInfo]
+    failed: list[FailedModel] = Field(
+        [], description="Names in the store none of whose versions loaded: not served"
+    )
 
 
 class VersionInfo(BaseModel):

@@ -72,8 +72,9 @@ async def test_broken_versions_are_skipped(make_client, tiny_store, tmp_path, ca
     assert r.status_code == 200 and r.json()["version"] == 1
     names = {m["name"] for m in (await c.get("/models")).json()["models"]}
     assert names == {"rnn", "lstm", "gru"}
-    assert (await c.post("/predict", json={"model": "broken", "text": "a"})).status_code == 404
+    refused = await c.post("/predict", json={"model": "broken", "text": "a"})
+    assert refused.status_code == 503 and "'broken' failed to load" in refused.json()["message"]
     versions = (await c.get("/models/lstm")).json()["versions"]
     assert [v["error"] is not None for v in versions] == [False, True, True, True]
-    assert (await c.post("/predict", json={"model": "lstm@3", "text": "a"})).status_code == 404
+    assert (await c.post("/predict", json={"model": "lstm@3", "text": "a"})).status_code == 503
     assert "skipping broken model version lstm@2" in caplog.text

@@ -41,7 +41,7 @@ def test_enospc_while_saving_fails_the_job_without_a_version(tmp_path: Path) -> 
         proc.communicate()
     events = [json.loads(line) for line in out.splitlines() if line.strip()]
     assert events and events[-1]["event"] == "failed", events
-    assert "No space left on device" in events[-1]["error"]
+    assert "ENOSPC: No space left on device" in events[-1]["error"]
     assert "no version was created" in events[-1]["error"]
     assert code != 0
     assert store.list_versions(model_dir, "full-disk") == []
