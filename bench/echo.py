@@ -12,6 +12,7 @@ windows, its p99 the median of the windows' p99s.
 
     python -m bench.echo [--rounds 4 --seconds 6 --concurrency 64]
     python -m bench.echo serve --port P --response FILE   # the echo app alone
+    python -m bench.echo layers [-n 20000 --repeats 5]    # each ASGI layer's CPU, in-process
 """
 
 from __future__ import annotations
@@ -166,12 +167,107 @@ def report(sides: dict[str, Side], c: int, seconds: float) -> str:
     return "\n".join(lines)
 
 
+# In-process: each ASGI layer's own CPU per request
+
+
+def _layer_apps() -> dict[str, object]:
+    """The same trivial endpoint behind each layer (or stack of layers) of the request path."""
+    from service import logs, metrics
+    from service.edge import EdgeMiddleware
+    from service.error_shapes import ErrorShape, ErrorShapes
+    from service.limits import BodyLimitMiddleware
+    from service.oip import errors as oip_errors
+    from service.openai import errors as openai_errors
+
+    answer = json.dumps({"predictions": [{"word": "x", "prob": 0.5}] * 5}).encode()
+
+    async def endpoint(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": answer})
+
+    shapes = {"/v1": openai_errors.translate, "/v2": oip_errors.translate}
+    limit = {"max_body_bytes": 1_000_000, "max_upload_bytes": 50_000_000}
+    old_shapes = ErrorShape(
+        ErrorShape(BodyLimitMiddleware(endpoint, **limit), "/v1", openai_errors.translate),
+        "/v2",
+        oip_errors.translate,
+    )
+    return {
+        "bare endpoint": endpoint,
+        "body limit": BodyLimitMiddleware(endpoint, **limit),
+        "error shapes, two layers": ErrorShape(
+            ErrorShape(endpoint, "/v1", openai_errors.translate), "/v2", oip_errors.translate
+        ),
+        "error shapes, one layer": ErrorShapes(endpoint, shapes),
+        "metrics layer": metrics.MetricsMiddleware(endpoint),
+        "access-log layer": logs.RequestLogMiddleware(endpoint),
+        "access log + metrics, two layers": logs.RequestLogMiddleware(
+            metrics.MetricsMiddleware(endpoint)
+        ),
+        "edge layer (access log + metrics + HEAD)": EdgeMiddleware(endpoint),
+        "before: log, metrics, 2 shapes, limit": logs.RequestLogMiddleware(
+            metrics.MetricsMiddleware(old_shapes)
+        ),
+        "now: edge, shapes, limit": EdgeMiddleware(
+            ErrorShapes(BodyLimitMiddleware(endpoint, **limit), shapes)
+        ),
+    }
+
+
+def layer_costs(n: int, repeats: int) -> dict[str, float]:
+    """Microseconds of CPU per request through each app of `_layer_apps`, the best of
+    `repeats` runs of `n` requests (the best: the machine's noise only ever adds)."""
+    import asyncio
+    import logging
+
+    from service.logs import JsonFormatter
+
+    # The access line is formatted and written as the server does, to /dev/null.
+    sink = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 (lives as long as the run)
+    sink.setFormatter(JsonFormatter())
+    access = logging.getLogger("gatehouse.access")
+    access.addHandler(sink)
+    access.setLevel(logging.INFO)
+    access.propagate = False
+    body_bytes = body().encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body_bytes))]
+
+    async def one(app) -> None:  # type: ignore[no-untyped-def]
+        scope = {"type": "http", "method": "POST", "path": "/predict", "headers": headers}
+
+        async def receive() -> dict[str, object]:
+            return {"type": "http.request", "body": body_bytes, "more_body": False}
+
+        async def send(message: dict[str, object]) -> None:
+            pass
+
+        await app(scope, receive, send)
+
+    async def bench(app) -> float:  # type: ignore[no-untyped-def]
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.process_time()
+            for _ in range(n):
+                await one(app)
+            best = min(best, (time.process_time() - start) / n)
+        return best
+
+    out = {}
+    for name, app in _layer_apps().items():
+        out[name] = round(asyncio.run(bench(app)) * 1e6, 1)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.echo", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd")
     serve = sub.add_parser("serve", help="run the echo app alone")
     serve.add_argument("--port", type=int, required=True)
     serve.add_argument("--response", type=Path, required=True)
+    layers = sub.add_parser("layers", help="in-process CPU per request of each ASGI layer")
+    layers.add_argument("-n", type=int, default=20_000)
+    layers.add_argument("--repeats", type=int, default=5)
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--seconds", type=float, default=6)
     p.add_argument("--concurrency", type=int, default=64)
@@ -180,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.cmd == "serve":
         serve_echo(args.port, args.response)
+        return 0
+    if args.cmd == "layers":
+        for name, us in layer_costs(args.n, args.repeats).items():
+            print(f"| {name} | {us:.1f} |")
         return 0
     hey.require_hey()
     with tempfile.TemporaryDirectory(prefix="gatehouse-echo-") as tmp:

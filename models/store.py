@@ -14,6 +14,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -124,11 +125,30 @@ def list_names(model_dir: str | os.PathLike[str]) -> list[str]:
     return [n for n in _name_dirs(model_dir) if list_versions(model_dir, n)]
 
 
+# Modes of what the store writes, whatever the writer's umask: a version written by one user
+# (a trainer, an importer) must be readable by a server run as another (the image's user).
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+
+
 def _write_bytes(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+    os.chmod(path, FILE_MODE)
+
+
+def _make_dirs(path: Path) -> None:
+    """mkdir -p, each directory it creates made DIR_MODE whatever the umask."""
+    if path.is_dir():
+        return
+    _make_dirs(path.parent)
+    try:
+        path.mkdir()
+    except FileExistsError:  # another writer made it in the meantime: theirs to set
+        return
+    os.chmod(path, DIR_MODE)
 
 
 def fsync_path(path: Path) -> None:
@@ -186,13 +206,13 @@ def save_version(
     vocab_bytes = _dump_json(tokenizer.to_dict())
 
     base = Path(model_dir) / name
-    base.mkdir(parents=True, exist_ok=True)
+    _make_dirs(base)
     tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=base))
     try:
-        # mkdtemp makes it private (0700); a version must be readable by a server run as
-        # another user.
-        os.chmod(tmp, 0o755)
+        # mkdtemp makes it private (0700), and safetensors writes its file 0600.
+        os.chmod(tmp, DIR_MODE)
         save_file(_weights_to_save(model), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        os.chmod(tmp / WEIGHTS_FILE, FILE_MODE)
         fsync_path(tmp / WEIGHTS_FILE)
         _write_bytes(tmp / VOCAB_FILE, vocab_bytes)
         candidate = 0
@@ -220,6 +240,33 @@ def save_version(
         raise
     fsync_path(base)
     return candidate
+
+
+def write_version(
+    model_dir: str | os.PathLike[str],
+    name: str,
+    config: ModelConfig,
+    weights: Mapping[str, torch.Tensor],
+    tokenizer: Tokenizer,
+    meta: dict[str, Any] | None = None,
+) -> int:
+    """Write a new version from a config and its weights (`RNNLM`'s state_dict keys; a tied
+    model may leave out `decoder.weight`); returns its number.
+
+    The entry point for tools that produce a model outside Gatehouse's trainer (the importers
+    in `models.interop`): the weights are checked against the config exactly as loading will
+    check them, so what is written is what the server will serve.
+    """
+    _check_name(name)
+    tensors = dict(weights)
+    if config.tied and _TIED_KEY in tensors:
+        if not torch.equal(tensors[_TIED_KEY], tensors.get(_TIED_SOURCE, torch.empty(0))):
+            raise StoreError(f"weights for {name!r}: tied, but {_TIED_KEY!r} differs")
+        del tensors[_TIED_KEY]
+    tensors = _check_weights(f"weights for {name!r}", tensors, config)
+    model = RNNLM(config)
+    model.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()}, strict=True)
+    return save_version(model_dir, name, model.eval(), tokenizer, meta)
 
 
 def cleanup_temp(model_dir: str | os.PathLike[str], min_age_s: float = 3600.0) -> list[Path]:
@@ -303,30 +350,36 @@ def _load_weights(path: Path, config: ModelConfig) -> dict[str, torch.Tensor]:
         raise StoreError(f"{path}: missing") from None
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise StoreError(f"{path}: unreadable safetensors file: {e}") from e
+    return _check_weights(str(path), tensors, config)
+
+
+def _check_weights(
+    where: str, tensors: dict[str, torch.Tensor], config: ModelConfig
+) -> dict[str, torch.Tensor]:
     # Shapes from a model on the meta device: no memory, so a lying meta.json cannot make us
     # allocate a huge model before the weights are checked.
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in RNNLM(config).state_dict().items()}
     if config.tied:
         if _TIED_KEY in tensors:
-            raise StoreError(f"{path}: tied model stores {_TIED_KEY!r} separately")
+            raise StoreError(f"{where}: tied model stores {_TIED_KEY!r} separately")
         if _TIED_SOURCE in tensors:
             tensors[_TIED_KEY] = tensors[_TIED_SOURCE]
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise StoreError(
-            f"{path}: weights do not match the config: missing {missing}, unexpected {unexpected}"
+            f"{where}: weights do not match the config: missing {missing}, unexpected {unexpected}"
         )
     for key, shape in expected.items():
         got = tensors[key]
         if tuple(got.shape) != shape:
-            raise StoreError(f"{path}: {key!r} has shape {tuple(got.shape)}, config needs {shape}")
+            raise StoreError(f"{where}: {key!r} has shape {tuple(got.shape)}, config needs {shape}")
         if not got.dtype.is_floating_point:
-            raise StoreError(f"{path}: {key!r} has non-float dtype {got.dtype}")
+            raise StoreError(f"{where}: {key!r} has non-float dtype {got.dtype}")
     bad = nonfinite(tensors)
     if bad:
-        raise StoreError(f"{path}: non-finite values (NaN or infinity) in {', '.join(bad)}")
+        raise StoreError(f"{where}: non-finite values (NaN or infinity) in {', '.join(bad)}")
     return tensors
 
 

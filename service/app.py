@@ -15,9 +15,9 @@ from fastapi import FastAPI
 
 from models.device import resolve_device
 
-from . import errors, logs, metrics
+from . import edge, errors, metrics
 from .bootstrap import bootstrap_defaults
-from .error_shapes import ErrorShape
+from .error_shapes import ErrorShapes
 from .errors import JSONResponse
 from .inference import InferenceEngine
 from .jobs.manager import JobManager
@@ -137,12 +137,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         BodyLimitMiddleware,
         max_body_bytes=settings.max_body_bytes,
         max_upload_bytes=settings.max_corpus_bytes + 64 * 1024,
+        drain_bytes=settings.drain_body_bytes,
     )
     # Outside the body guard, so its refusals get each protocol's shape too.
-    app.add_middleware(ErrorShape, prefix="/v1", translate=openai_errors.translate)
-    app.add_middleware(ErrorShape, prefix="/v2", translate=oip_errors.translate)
-    metrics.install(app)
+    shapes = {"/v1": openai_errors.translate, "/v2": oip_errors.translate}
+    app.add_middleware(ErrorShapes, shapes=shapes)
+    # Request id, access log, request metrics and HEAD in one layer (service.edge).
+    edge.install(app)
     metrics.set_batch_limit(settings.max_batch_size)
-    logs.install(app)
     install_ui(app, settings)  # last: its CORS layer must wrap every response, errors too
     return app

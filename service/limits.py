@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from .errors import error_response
+import orjson
+
+from .errors import error_body, error_response
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -16,6 +20,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _JSON_TYPES = ("application/json",)
 # Routes that take something other than JSON, and their own (larger) size limit.
 _MULTIPART_PATHS = ("/train",)
+# The longest a refused body is read for: a client that sends slower than this loses the answer.
+_DRAIN_S = 2.0
 
 
 class BodyLimitMiddleware:
@@ -24,10 +30,13 @@ class BodyLimitMiddleware:
     Counting the streamed bytes matters: a chunked upload has no Content-Length to check.
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, max_upload_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, max_upload_bytes: int, drain_bytes: int = 0
+    ) -> None:
         self.app = app
         self.max_body = max_body_bytes
         self.max_upload = max_upload_bytes
+        self.drain_bytes = drain_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
@@ -52,7 +61,7 @@ class BodyLimitMiddleware:
                 await error_response(400, "invalid Content-Length header")(scope, receive, send)
                 return
             if too_big:
-                await self._reject(scope, receive, send, limit)
+                await self._reject(scope, receive, send, limit, headers, int(declared))
                 return
 
         seen = 0
@@ -80,11 +89,55 @@ class BodyLimitMiddleware:
                 await send(message)
             elif not replaced:
                 replaced = True
-                await self._reject(scope, receive, send, limit)
+                await self._reject(scope, receive, send, limit, headers, None)
 
         await self.app(scope, counting_receive, guarded_send)
 
-    @staticmethod
-    async def _reject(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-        response = error_response(413, f"request body over the limit of {limit} bytes")
-        await response(scope, receive, send)
+    async def _reject(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        limit: int,
+        headers: dict[str, str],
+        declared: int | None,
+    ) -> None:
+        """The 413, then the rest of the body read and dropped (up to a bound) before the
+        connection closes: closing on unread bytes resets the connection, and a client still
+        sending would get the reset instead of the answer."""
+        body = orjson.dumps(error_body(413, f"request body over the limit of {limit} bytes"))
+        start = {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+        await send(start)
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+        # A client that asked "100-continue" sends nothing now; one declaring more than the
+        # bound would be read for nothing.
+        waits = headers.get("expect", "").lower() == "100-continue"
+        if not waits and (declared is None or declared <= self.drain_bytes):
+            await _drain(receive, self.drain_bytes)
+        await send({"type": "http.response.body", "body": b""})
+
+
+async def _drain(receive: Receive, budget: int) -> None:
+    deadline = time.monotonic() + _DRAIN_S
+    seen = 0
+    while seen <= budget:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        try:
+            message = await asyncio.wait_for(receive(), left)
+        except asyncio.TimeoutError:
+            return
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return

@@ -60,6 +60,29 @@ class Settings(BaseSettings):
     max_gate_tokens: int = Field(512, ge=1)
     max_gate_values: int = Field(2_000_000, ge=1)  # floats in one /gates answer
 
+    # The HTTP edge (service.protocol), enforced before a request reaches the app.
+    max_header_bytes: int = Field(
+        32_768, ge=1024, le=16_777_216, description="request line + headers, bytes; more: 431"
+    )
+    max_header_lines: int = Field(
+        100, ge=8, le=100_000, description="header fields per request; more: 431"
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="seconds from connect to a complete request head; 408"
+    )
+    body_idle_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="longest silence inside a request body, seconds; 408"
+    )
+    keep_alive_s: float = Field(
+        5.0, gt=0, le=3600, description="an idle keep-alive connection closes after this"
+    )
+    max_connections: int = Field(
+        0, ge=0, le=1_000_000, description="open connections; 0: the open-file limit less 128"
+    )
+    drain_body_bytes: int = Field(
+        8_388_608, ge=0, le=1 << 30, description="refused body read and dropped so 413 arrives"
+    )
+
     # Dynamic batching (1 turns it off).
     max_batch_size: int = Field(64, ge=1, le=4096)
     max_batch_delay_ms: float = Field(10.0, ge=0, le=1000)  # the most a forming batch waits

@@ -145,6 +145,11 @@ def install(app: Any) -> None:
         return
     app.state.gatehouse_metrics_installed = True
     app.add_middleware(MetricsMiddleware, owner=app)
+    add_route(app)
+
+
+def add_route(app: Any) -> None:
+    """`GET /metrics` alone, for apps whose request metrics come from another layer."""
     app.add_api_route(
         "/metrics",
         metrics_endpoint,

@@ -24,9 +24,12 @@ def translate(status: int, body: bytes) -> tuple[int, bytes]:
     return (400 if status == 422 else status), orjson.dumps({"error": message})
 
 
-def invalid(e: ValidationError) -> ApiError:
-    """A 400 naming each invalid parameter, from pydantic's report."""
+def invalid(e: ValidationError, sent_as: dict[str, str] | None = None) -> ApiError:
+    """A 400 naming each invalid parameter, from pydantic's report; `sent_as` maps a field
+    of the Gatehouse request to the name the client sent it under."""
+    names = sent_as or {}
     problems = "; ".join(
-        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()[:5]
+        f"{'.'.join(names.get(str(p), str(p)) for p in err['loc'])}: {err['msg']}"
+        for err in e.errors()[:5]
     )
     return ApiError(400, problems)

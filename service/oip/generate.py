@@ -35,16 +35,21 @@ def plan(engine: InferenceEngine, ref: str, body: Any) -> generate.GeneratePlan:
     merged.update(params)
     merged.pop("stream", None)  # the path says which
     stop = merged.get("stop")
+    max_tokens = merged.get("max_tokens", 20)
+    limit = engine.settings.max_words
+    # Checked here, not by the plan, so the message names the parameter the client sent.
+    if isinstance(max_tokens, int) and max_tokens > limit:
+        raise ApiError(400, f"max_tokens {max_tokens} over the limit of {limit}")
     try:
         req = GenerateRequest(
             text=text,
             model=ref,
-            max_words=merged.get("max_tokens", 20),
+            max_words=max_tokens,
             stop=[stop] if isinstance(stop, str) else stop,
             **{k: merged[k] for k in _OPTIONS if k in merged and k != "stop"},
         )
     except ValidationError as e:
-        raise invalid(e) from None
+        raise invalid(e, {"max_words": "max_tokens"}) from None
     return generate.plan(engine, req)
 
 

@@ -3,20 +3,34 @@
 The binary tensor data extension (what `tritonclient` sends and asks for by default): the
 body is a JSON header of `Inference-Header-Content-Length` bytes, then each binary tensor's
 raw bytes in the order the header lists them (`parameters.binary_data_size`). A BYTES
-element is a 4-byte little-endian length and its bytes; FP32 is little-endian float32.
+element is a 4-byte little-endian length and its bytes; FP32 and INT32 are little-endian.
+
+Outputs are flat row-major Python lists with their shape: the JSON form carries them as
+they are, so no array library sits between the engine's answer and the response bytes.
 """
 
 from __future__ import annotations
 
+import math
 import struct
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import orjson
 
 from ..errors import ApiError
 
 HEADER = "inference-header-content-length"
+_PACK = {"FP32": "f", "INT32": "i"}
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One output tensor: its datatype, its shape and its elements, flat in row-major order."""
+
+    datatype: str  # "BYTES", "FP32" or "INT32"
+    shape: list[int]
+    data: list[Any]
 
 
 def parse_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
@@ -31,7 +45,7 @@ def parse_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
         if not 0 < size <= len(body):
             raise ApiError(400, f"{HEADER} {size} outside the body of {len(body)} bytes")
     try:
-        header = orjson.loads(body[:size])
+        header = orjson.loads(body[:size] if size < len(body) else body)
     except orjson.JSONDecodeError as e:
         raise ApiError(400, f"the inference request is not JSON: {e}") from None
     if not isinstance(header, dict):
@@ -54,9 +68,18 @@ def _strings(raw: bytes) -> list[str]:
 
 
 def _flatten(data: Any) -> list[Any]:
-    if isinstance(data, list):
-        return [x for item in data for x in _flatten(item)]
-    return [data]
+    if not isinstance(data, list):
+        return [data]
+    if not any(isinstance(item, list) for item in data):
+        return data
+    return [x for item in data for x in _flatten(item)]
+
+
+def _elements(shape: Any) -> int | None:
+    """How many elements `shape` holds; None when it is not a list of sizes."""
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        return None
+    return math.prod(shape)
 
 
 def input_texts(request: dict[str, Any], binary: bytes, name: str = "text") -> list[str]:
@@ -70,7 +93,7 @@ def input_texts(request: dict[str, Any], binary: bytes, name: str = "text") -> l
             raise ApiError(400, "inputs: each input must be an object")
         params = tensor.get("parameters") or {}
         size = params.get("binary_data_size") if isinstance(params, dict) else None
-        if size is not None and (not isinstance(size, int) or size < 0):
+        if size is not None and (type(size) is not int or size < 0):
             raise ApiError(400, "binary_data_size must be a non-negative integer")
         if tensor.get("name") != name:
             at += size or 0
@@ -86,35 +109,36 @@ def input_texts(request: dict[str, Any], binary: bytes, name: str = "text") -> l
             if not all(isinstance(t, str) for t in texts):
                 raise ApiError(400, f"input {name!r}: data must be strings")
         shape = tensor.get("shape")
-        if not isinstance(shape, list) or int(np.prod(shape or [0])) != len(texts):
+        if _elements(shape) != len(texts):
             raise ApiError(400, f"input {name!r}: shape {shape} does not hold {len(texts)} items")
         return texts
     raise ApiError(400, f"input {name!r} is missing")
 
 
-def _bytes_of(values: np.ndarray, datatype: str) -> bytes:
-    if datatype == "BYTES":
+def _bytes_of(out: Output) -> bytes:
+    if out.datatype == "BYTES":
         parts = []
-        for v in values.reshape(-1):
+        for v in out.data:
             b = v.encode()
-            parts.append(struct.pack("<I", len(b)) + b)
+            parts.append(struct.pack("<I", len(b)))
+            parts.append(b)
         return b"".join(parts)
-    return values.astype("<f4").tobytes()
+    return struct.pack(f"<{len(out.data)}{_PACK[out.datatype]}", *out.data)
 
 
 def encode_response(
-    header: dict[str, Any], outputs: dict[str, tuple[str, np.ndarray]], binary: set[str]
+    header: dict[str, Any], outputs: dict[str, Output], binary: set[str]
 ) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when any output is binary."""
     listed, blobs = [], []
-    for name, (datatype, values) in outputs.items():
-        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(values.shape)}
+    for name, out in outputs.items():
+        entry: dict[str, Any] = {"name": name, "datatype": out.datatype, "shape": out.shape}
         if name in binary:
-            blob = _bytes_of(values, datatype)
+            blob = _bytes_of(out)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            entry["data"] = values.reshape(-1).tolist()
+            entry["data"] = out.data
         listed.append(entry)
     head = orjson.dumps({**header, "outputs": listed})
     if not blobs:

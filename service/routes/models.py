@@ -1,16 +1,27 @@
-"""GET /models and GET /models/{name}."""
+"""GET /models, GET /models/{name}, and the files of a version for download."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path as FsPath
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path
+from fastapi.responses import FileResponse
 
-from models.store import NAME_RE, LoadedModel, StoreError, read_meta
+from models.store import (
+    META_FILE,
+    NAME_RE,
+    VOCAB_FILE,
+    WEIGHTS_FILE,
+    LoadedModel,
+    StoreError,
+    parse_ref,
+    read_meta,
+)
 
 from ..auth import require_reader
-from ..deps import RegistryDep
+from ..deps import ReaderDep, RegistryDep
 from ..errors import ApiError
 from ..redact import version_message
 from ..registry import ModelRegistry
@@ -83,3 +94,46 @@ async def get_model(
     loaded = registry.resolve(name)
     versions = await asyncio.to_thread(_versions, registry, name, loaded.version)
     return {**model_info(registry, loaded), "versions": [VersionInfo(**v) for v in versions]}
+
+
+# What each downloadable part of a version is called on disk, and its media type.
+_VERSION_FILES = {
+    "weights": (WEIGHTS_FILE, "application/octet-stream"),
+    "meta": (META_FILE, "application/json"),
+    "vocab": (VOCAB_FILE, "application/json"),
+}
+
+
+@router.get(
+    "/models/{name}/versions/{version}/files/{part}",
+    summary="Download one file of a stored version (weights, meta or vocab)",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {}, "application/json": {}}},
+        401: {"model": ErrorBody, "description": "Inference is protected and the key is wrong"},
+        404: {"model": ErrorBody, "description": "Unknown model, version or file"},
+    },
+)
+async def download_version_file(
+    registry: RegistryDep,
+    _: ReaderDep,
+    name: str = Path(max_length=64, examples=["lstm"]),
+    version: str = Path(max_length=9, examples=["1"]),
+    part: str = Path(max_length=16, examples=["weights", "meta", "vocab"]),
+) -> FileResponse:
+    if part not in _VERSION_FILES:
+        raise ApiError(404, f"unknown file {part!r}: one of {sorted(_VERSION_FILES)}")
+    try:
+        ref_name, number = parse_ref(f"{name}@{version}")
+    except ValueError:
+        raise ApiError(404, f"unknown model version {name!r}@{version!r}") from None
+    filename, media_type = _VERSION_FILES[part]
+    path = FsPath(registry.model_dir) / ref_name / str(number) / filename
+    if not await asyncio.to_thread(path.is_file):
+        raise ApiError(404, f"no version {number} of model {ref_name!r}")
+    return FileResponse(
+        path,
+        media_type=media_type,
+        filename=f"{ref_name}-v{number}-{filename}",
+        headers={"Cache-Control": "no-cache"},
+    )

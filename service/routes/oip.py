@@ -36,6 +36,45 @@ def _sequences(request: Request) -> Sequences:
     return state.oip_sequences.for_client(client_id(request), lambda: admit_new_session(request))
 
 
+def _path_parameters(*names: str) -> dict[str, Any]:
+    """OpenAPI entries for path parameters the route reads from `request.path_params`."""
+    return {
+        "parameters": [
+            {"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names
+        ]
+    }
+
+
+# First in the router, the plain path first (the last decorator registers first): routes are
+# matched in order, and this is the hot one. The path parameters come from
+# `request.path_params`, not the signature: FastAPI's per-parameter validation was a
+# measurable share of each request (see docs/benchmarks/protocols.md).
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    summary="Next-word distributions and gates (OIP infer)",
+    responses=ERRORS,
+    openapi_extra=_path_parameters("name", "version"),
+)
+@router.post(
+    "/models/{name}/infer",
+    summary="Next-word distributions and gates (OIP infer)",
+    responses=ERRORS,
+    openapi_extra=_path_parameters("name"),
+)
+async def infer(request: Request, engine: EngineDep, _: ReaderDep) -> Response:
+    header, binary = parse_body(await request.body(), request.headers.get(HEADER))
+    path = request.path_params
+    ref = model_ref(path["name"], path.get("version"))
+    body, header_length = await run_infer(engine, _sequences(request), ref, header, binary)
+    if header_length is None:
+        return Response(body, media_type="application/json")
+    return Response(
+        body,
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(header_length)},
+    )
+
+
 @router.get("", summary="Server metadata")
 async def server_metadata(request: Request) -> dict[str, Any]:
     return {
@@ -80,29 +119,6 @@ async def model_metadata(
 async def model_ready(name: str, engine: EngineDep, version: str | None = None) -> dict[str, Any]:
     loaded = engine.resolve(model_ref(name, version))
     return {"name": loaded.name, "ready": True}
-
-
-@router.post(
-    "/models/{name}/infer", summary="Next-word distributions (OIP infer)", responses=ERRORS
-)
-@router.post(
-    "/models/{name}/versions/{version}/infer",
-    summary="Next-word distributions (OIP infer)",
-    responses=ERRORS,
-)
-async def infer(
-    name: str, request: Request, engine: EngineDep, _: ReaderDep, version: str | None = None
-) -> Response:
-    header, binary = parse_body(await request.body(), request.headers.get(HEADER))
-    ref = model_ref(name, version)
-    body, header_length = await run_infer(engine, _sequences(request), ref, header, binary)
-    if header_length is None:
-        return Response(body, media_type="application/json")
-    return Response(
-        body,
-        media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(header_length)},
-    )
 
 
 async def _json(request: Request) -> Any:

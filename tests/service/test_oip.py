@@ -4,6 +4,7 @@ default, and JSON) against a real server process, checked against /predict."""
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +26,8 @@ TEXTS = ["the clouds are in the", "i grew up in france . i speak", "the keys to 
 def server(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     model_dir = tmp_path_factory.mktemp("oip") / "models"
     shutil.copytree(tiny_store, model_dir)
-    proc = ServerProcess(model_dir, "--no-bootstrap")
+    # A long stream (see the disconnect test) takes far longer than closing it early does.
+    proc = ServerProcess(model_dir, "--no-bootstrap", "--max-words", "5000")
     try:
         proc.wait_ready()
         yield proc
@@ -40,7 +42,9 @@ def client(server: ServerProcess) -> Iterator[triton.InferenceServerClient]:
     c.close()
 
 
-def test_live_ready_and_metadata(client: triton.InferenceServerClient) -> None:
+def test_live_ready_and_metadata(
+    client: triton.InferenceServerClient, server: ServerProcess
+) -> None:
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready("lstm") and client.is_model_ready("gru", "1")
     assert not client.is_model_ready("nope") and not client.is_model_ready("gru", "7")
@@ -52,7 +56,16 @@ def test_live_ready_and_metadata(client: triton.InferenceServerClient) -> None:
     assert {o["name"]: o["datatype"] for o in model["outputs"]} == {
         "next_words": "BYTES",
         "next_word_probs": "FP32",
+        "num_tokens": "INT32",
+        "gates_reset": "FP32",
+        "gates_update": "FP32",
+        "gates_candidate": "FP32",
+        "hidden_state": "FP32",
     }
+    lstm = {o["name"]: o["shape"] for o in client.get_model_metadata("lstm")["outputs"]}
+    info = httpx.get(server.url + "/models/lstm").json()
+    units = [-1, -1, info["num_layers"], info["hidden_size"]]
+    assert lstm["gates_forget"] == lstm["cell_state"] == units and lstm["num_tokens"] == [-1]
 
 
 @pytest.mark.parametrize("binary", [True, False])
@@ -85,6 +98,96 @@ def test_default_outputs_come_back_binary(client: triton.InferenceServerClient) 
     result = client.infer("lstm", [text], model_version="1")  # no outputs named: all, binary
     assert result.as_numpy("next_words").shape == (1, 5)
     assert result.as_numpy("next_word_probs").dtype == np.float32
+
+
+GATE_OUTPUTS = {
+    "rnn": {"hidden_state": "hidden"},
+    "lstm": {
+        "gates_input": "input",
+        "gates_forget": "forget",
+        "gates_candidate": "candidate",
+        "gates_output": "output",
+        "cell_state": "cell",
+        "hidden_state": "hidden",
+    },
+    "gru": {
+        "gates_reset": "reset",
+        "gates_update": "update",
+        "gates_candidate": "candidate",
+        "hidden_state": "hidden",
+    },
+}
+
+
+@pytest.mark.parametrize("binary", [True, False])
+@pytest.mark.parametrize("arch", ["rnn", "lstm", "gru"])
+def test_gate_outputs_equal_gates(
+    client: triton.InferenceServerClient, server: ServerProcess, arch: str, binary: bool
+) -> None:
+    texts = ["the clouds are in the sky", "i speak"]  # two lengths: the shorter is padded
+    text = triton.InferInput("text", [len(texts)], "BYTES")
+    text.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=object), binary)
+    names = [*GATE_OUTPUTS[arch], "num_tokens", "next_words"]
+    outputs = [triton.InferRequestedOutput(n, binary_data=binary) for n in names]
+    result = client.infer(arch, [text], outputs=outputs)
+    counts = result.as_numpy("num_tokens")
+    assert counts.dtype == np.int32 and counts.tolist() == [6, 2]
+    assert result.as_numpy("next_words").shape == (2, 5)
+    for b, t in enumerate(texts):
+        want = httpx.get(server.url + "/gates", params={"text": t, "model": arch}).json()
+        assert len(want["tokens"]) == counts[b]
+        for name, key in GATE_OUTPUTS[arch].items():
+            got = result.as_numpy(name)
+            assert got.dtype == np.float32 and got.shape == (2, 6, 2, 16)
+            for layer in want["layers"]:
+                expected = np.array(layer["gates"][key])
+                assert np.allclose(got[b, : counts[b], layer["layer"]], expected, atol=1e-6, rtol=0)
+            assert not got[b, counts[b] :].any()  # the padding rows are zero
+
+
+def test_gate_output_errors(client: triton.InferenceServerClient, server: ServerProcess) -> None:
+    text = triton.InferInput("text", [1], "BYTES")
+    text.set_data_from_numpy(np.array([b"the sky"], dtype=object))
+    with pytest.raises(InferenceServerException) as e:  # a GRU has no forget gate
+        client.infer("gru", [text], outputs=[triton.InferRequestedOutput("gates_forget")])
+    assert e.value.status() == "400" and "unknown output 'gates_forget'" in e.value.message()
+    assert "gates_reset" in e.value.message()  # ... and says what it has
+    with pytest.raises(InferenceServerException) as e:
+        client.infer(
+            "lstm",
+            [text],
+            outputs=[triton.InferRequestedOutput("cell_state")],
+            sequence_id=9,
+            sequence_start=True,
+        )
+    assert e.value.status() == "400" and "sequence" in e.value.message()
+    r = httpx.post(
+        server.url + "/v2/models/lstm/infer",
+        json={
+            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a"]}],
+            "outputs": [{"name": "gates_input"}, {"nope": 1}],
+        },
+    )
+    assert r.status_code == 400 and r.json() == {"error": "outputs: each output needs a name"}
+
+
+async def test_gate_outputs_keep_the_gate_limits(make_client, tmp_path, tiny_store) -> None:
+    from tests.service.conftest import make_settings
+
+    # 2 layers x 16 units x 6 keys = 192 values a token: one 4-token text fits, two do not.
+    app = await make_client(make_settings(tiny_store, max_gate_values=192 * 5))
+    body = {
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a b c d"]}],
+        "outputs": [{"name": "hidden_state"}],
+    }
+    r = await app.post("/v2/models/lstm/infer", json=body)
+    assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [1, 4, 2, 16]
+    body["inputs"][0].update(shape=[2], data=["a b c d", "e f g h"])
+    r = await app.post("/v2/models/lstm/infer", json=body)
+    assert r.status_code == 413 and "max_gate_values" in r.json()["error"]
+    body["inputs"][0].update(shape=[1], data=["a b c d e f"])  # over the limit alone
+    r = await app.post("/v2/models/lstm/infer", json=body)
+    assert r.status_code == 413 and "max_gate_values" in r.json()["error"]
 
 
 def test_errors_surface_through_the_client(
@@ -173,8 +276,36 @@ def test_generate_extension_equals_generate(server: ServerProcess) -> None:
     assert [p.strip() for p in pieces] == want["words"]
     r = httpx.post(base + "/generate", json={"parameters": {}})
     assert r.status_code == 400 and "text_input" in r.json()["error"]
-    r = httpx.post(base + "/generate", json={"text_input": "a", "max_tokens": 0})
-    assert r.status_code == 400 and "max_words" in r.json()["error"]
+    for bad in (0, 10**6, "many"):  # the message names what the client sent
+        r = httpx.post(base + "/generate", json={"text_input": "a", "max_tokens": bad})
+        assert r.status_code == 400 and "max_tokens" in r.json()["error"]
+        assert "max_words" not in r.json()["error"]
+
+
+def test_a_generate_stream_closed_early_runs_no_more_passes(server: ServerProcess) -> None:
+    def passes() -> float:
+        text = httpx.get(server.url + "/metrics").text
+        line = next(
+            ln
+            for ln in text.splitlines()
+            if ln.startswith("gatehouse_batch_size_count") and 'model="rnn"' in ln
+        )
+        return float(line.rsplit(" ", 1)[1])
+
+    body = {"text_input": "the sky", "max_tokens": 5000}
+    before = passes()
+    url = server.url + "/v2/models/rnn/generate_stream"
+    with httpx.stream("POST", url, json=body, timeout=30) as r:
+        events = 0
+        for line in r.iter_lines():
+            events += line.startswith("data: ")
+            if events == 3:
+                break
+    time.sleep(1.0)  # the server notices the disconnect; any pass still queued finishes
+    after = passes()
+    time.sleep(0.5)
+    assert passes() == after  # nothing runs for it any more
+    assert after - before < 1000
 
 
 async def test_not_ready_without_models_and_only_v2_has_this_shape(make_client, tmp_path) -> None:

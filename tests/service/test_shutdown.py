@@ -12,6 +12,21 @@ import httpx
 from tests.helpers import ServerProcess
 
 
+def wait_in_flight(url: str, count: int, timeout: float = 30.0) -> None:
+    """Until `count` requests besides the scrape itself are in flight: a fixed sleep is too
+    short on a loaded machine, and a SIGTERM before they connect tests nothing."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = httpx.get(url + "/metrics", timeout=10).text
+        line = next(
+            x for x in text.splitlines() if x.startswith("gatehouse_http_requests_in_flight")
+        )
+        if float(line.split()[-1]) - 1 >= count:
+            return
+        assert time.monotonic() < deadline, f"only {line} after {timeout} s"
+        time.sleep(0.05)
+
+
 def test_sigterm_finishes_in_flight_requests(tiny_store, tmp_path) -> None:
     model_dir = tmp_path / "models"
     shutil.copytree(tiny_store, model_dir)
@@ -29,7 +44,7 @@ def test_sigterm_finishes_in_flight_requests(tiny_store, tmp_path) -> None:
     threads = [threading.Thread(target=long_request) for _ in range(8)]
     for t in threads:
         t.start()
-    time.sleep(0.5)  # every request accepted and generating
+    wait_in_flight(server.url, 8)  # every request accepted and generating
     started = time.monotonic()
     code = server.stop(signal.SIGTERM, timeout=60)
     for t in threads:

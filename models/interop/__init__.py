@@ -1,0 +1,1 @@
+"""Models in and out of the store: importers for models trained elsewhere, exporters."""
