@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -17,6 +17,15 @@ def default_model_dir() -> Path:
     return Path(base) / "gatehouse" / "models"
 
 
+def _blank_is_none(value: Any) -> Any:
+    # `--api-key ""` or `GATEHOUSE_API_KEY=` is no key: never a key that an empty bearer
+    # token matches, and never a reason to listen on a reachable address.
+    raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+    if isinstance(raw, str) and not raw.strip():
+        return None
+    return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEHOUSE_", extra="ignore")
 
@@ -24,8 +33,14 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     model_dir: Path = Field(default_factory=default_model_dir)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    api_key: SecretStr | None = None
+    api_key: Annotated[SecretStr | None, BeforeValidator(_blank_is_none)] = None
+    api_key_file: Path | None = Field(
+        None, description="read the API key from this file's first line (kept out of ps)"
+    )
     protect_inference: bool = False  # also require the key on /predict, /gates, /sessions ...
+    metrics_open: bool = Field(
+        False, description="serve /metrics without the key even with protect_inference"
+    )
     allow_open: bool = False  # serve on a non-loopback address without an API key
     no_bootstrap: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -76,6 +91,12 @@ class Settings(BaseSettings):
     # Sessions.
     max_sessions: int = Field(10_000, ge=1)
     session_ttl_s: float = Field(900.0, gt=0)
+    session_create_rate: float = Field(
+        1.0, ge=0, le=10_000, description="sessions one client may open per second (0: no limit)"
+    )
+    session_create_burst: int = Field(
+        30, ge=1, le=1_000_000, description="sessions one client may open at once"
+    )
 
     # Training jobs.
     data_dir: Path | None = None  # named datasets for POST /train {"dataset": name}
