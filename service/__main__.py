@@ -24,6 +24,11 @@ def other_env_names() -> list[str]:
 
 def main(argv: list[str] | None = None, prog: str = "python -m service") -> int:
     settings = parse_args(argv, prog, other_env_names)
+    # Masks a `--api-key` value of this process's own command line (sys.argv), whichever
+    # entry point parsed it; without one it does nothing.
+    from .exposure import hide_key_from_title
+
+    hide_key_from_title()
     # The server (and torch) load once the settings are known to be good: `--help` and a bad
     # value answer at once.
     from .server import serve

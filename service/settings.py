@@ -12,9 +12,9 @@ import os
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BeforeValidator, Field, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -34,6 +34,15 @@ def default_model_dir() -> Path:
     # XDG data home: survives `git clean`, shared by `make serve` and `python -m models.train`.
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "gatehouse" / "models"
+
+
+def _blank_is_none(value: Any) -> Any:
+    # `--api-key ""` or `GATEHOUSE_API_KEY=` is no key: never a key that an empty bearer
+    # token matches, and never a reason to listen on a reachable address.
+    raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+    if isinstance(raw, str) and not raw.strip():
+        return None
+    return value
 
 
 class _FileSource(PydanticBaseSettingsSource):
@@ -60,11 +69,17 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where inference runs (auto: CUDA when available)"
     )
-    api_key: SecretStr | None = Field(
+    api_key: Annotated[SecretStr | None, BeforeValidator(_blank_is_none)] = Field(
         None, description="Bearer key required to train and cancel jobs (unset: no key)"
+    )
+    api_key_file: Path | None = Field(
+        None, description="read the API key from this file's first line (kept out of ps)"
     )
     protect_inference: bool = Field(
         False, description="also require the API key on /predict, /gates, /sessions and the rest"
+    )
+    metrics_open: bool = Field(
+        False, description="serve /metrics without the key even with protect_inference"
     )
     allow_open: bool = Field(
         False, description="serve on a non-loopback address without an API key, on purpose"
@@ -136,6 +151,12 @@ class Settings(BaseSettings):
     max_sessions: int = Field(10_000, ge=1, description="most server-held sessions at once")
     session_ttl_s: float = Field(
         900.0, gt=0, description="seconds an idle session is kept before it expires"
+    )
+    session_create_rate: float = Field(
+        1.0, ge=0, le=10_000, description="sessions one client may open per second (0: no limit)"
+    )
+    session_create_burst: int = Field(
+        30, ge=1, le=1_000_000, description="sessions one client may open at once"
     )
 
     # Training jobs.
