@@ -25,7 +25,7 @@ install: $(STAMP)
 install-test: $(TEST_STAMP)
 
 serve: install
-	$(BIN)/python -m service $(ARGS)
+	$(BIN)/gatehouse serve $(ARGS)
 
 # promtool/prometheus (metrics tests), hey (benchmarks) and chromium (browser tests) come from
 # Debian when missing: one apt-get run for whichever are.

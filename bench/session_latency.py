@@ -29,6 +29,7 @@ def measure(
         created = client.post("/sessions", json={"model": model})
         created.raise_for_status()
         sid = created.json()["session_id"]
+        client.headers["x-session-token"] = created.json()["session_token"]
         fed = client.post(f"/sessions/{sid}/feed", json={"text": text, "top_k": 5})
         fed.raise_for_status()
         assert fed.json()["history_length"] == history, fed.json()["history_length"]

@@ -22,7 +22,7 @@ from models.corpus import Corpus, CorpusError, corpus_from_builtin, corpus_from_
 from models.defaults import default_configs
 from models.lm import ARCHS
 from models.train import TrainConfig, TrainingError, TrainResult, train
-from models.train.cli import add_knob_flags
+from models.train.cli import HelpFormatter, add_knob_flags
 from models.train.config import knobs
 
 BUILTIN_STEPS = 1000  # the default budget on the built-in corpus, the same for each kind
@@ -102,21 +102,24 @@ def make_configs(args: argparse.Namespace, archs: tuple[str, ...]) -> dict[str, 
     return configs
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m models.compare",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def main(argv: list[str] | None = None, prog: str = "python -m models.compare") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--train", help="training text; with --valid (and --test) instead of --builtin")
-    p.add_argument("--valid")
-    p.add_argument("--test")
+    p.add_argument("--valid", help="validation text (needed with --train)")
+    p.add_argument("--test", help="test text, for test_ppl")
     p.add_argument("--lowercase", action="store_true", help="lowercase --train text")
-    p.add_argument("--builtin", default="longrange", choices=sorted(BUILTIN_CORPORA))
+    p.add_argument(
+        "--builtin",
+        default="longrange",
+        choices=sorted(BUILTIN_CORPORA),
+        help="the built-in corpus used without --train",
+    )
     p.add_argument("--archs", default=",".join(ARCHS), help="comma-separated subset")
     add_knob_flags(p, knobs(request_only=True))  # the sizes and budget a /train request sets
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--num-threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="where training runs"
+    )
+    p.add_argument("--num-threads", type=int, default=1, help="torch threads")
     p.add_argument("--plot", help="write validation ppl by epoch to this PNG")
     p.add_argument("--json", action="store_true", help="also print the rows as JSON")
     args = p.parse_args(argv)

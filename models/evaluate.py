@@ -181,16 +181,19 @@ def final_metrics(
     return out
 
 
-def _main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m models.evaluate") -> int:
     from models import store
     from models.corpus import CorpusError, encode_path
+    from models.train.cli import HelpFormatter
 
-    p = argparse.ArgumentParser(prog="python -m models.evaluate", description=__doc__)
-    p.add_argument("--model-dir", required=True)
-    p.add_argument("--name", required=True, help="NAME or NAME@VERSION")
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--model-dir", required=True, help="the model store")
+    p.add_argument("--name", required=True, help="NAME or NAME@VERSION (default: the newest)")
     p.add_argument("--data", required=True, help="a text file or a directory of .txt files")
-    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--batch-size", type=int, default=10)
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="where it runs")
+    p.add_argument(
+        "--batch-size", type=int, default=10, help="parallel streams the text is cut into"
+    )
     args = p.parse_args(argv)
     try:
         device = str(resolve_device(args.device))
@@ -214,4 +217,4 @@ def _main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_main())
+    sys.exit(main())

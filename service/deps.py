@@ -6,12 +6,11 @@ dependency per request, which cost ~0.3 ms of CPU on every /predict.
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 
-from .errors import ApiError
+from .auth import require_admin, require_reader
 from .inference import InferenceEngine
 from .jobs.manager import JobManager
 from .registry import ModelRegistry
@@ -39,31 +38,13 @@ async def get_jobs(request: Request) -> JobManager:
     return request.app.state.jobs
 
 
-def _check_key(request: Request, settings: Settings) -> None:
-    if settings.api_key is None:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    expected = settings.api_key.get_secret_value().encode()
-    # compare_digest takes time independent of where the strings differ.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
-        raise ApiError(
-            401,
-            "missing or wrong API key",
-            headers={"WWW-Authenticate": 'Bearer realm="gatehouse"'},
-        )
-
-
-async def require_admin(request: Request) -> None:
-    """Routes that change state (train, cancel) need the key whenever one is configured."""
-    _check_key(request, request.app.state.settings)
-
-
-async def require_reader(request: Request) -> None:
-    """Inference routes: open unless `protect_inference` closes them too."""
-    settings = request.app.state.settings
-    if settings.protect_inference:
-        _check_key(request, settings)
+async def session_token(
+    x_session_token: Annotated[
+        str | None,
+        Header(description="The `session_token` POST /sessions answered with."),
+    ] = None,
+) -> str | None:
+    return x_session_token
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -73,3 +54,4 @@ SessionsDep = Annotated[SessionStore, Depends(get_sessions)]
 JobsDep = Annotated[JobManager, Depends(get_jobs)]
 AdminDep = Annotated[None, Depends(require_admin)]
 ReaderDep = Annotated[None, Depends(require_reader)]
+SessionTokenDep = Annotated[str | None, Depends(session_token)]

@@ -44,7 +44,7 @@ from .schemas.predict import (
 from .schemas.score import ScoreBatchResponse, ScoreRequest, ScoreResponse
 from .schemas.sessions import FeedRequest, FeedResponse
 from .scoring import ScoreResult, ScoreRow, run_scores
-from .sessions import EmptyFeed, SessionNotFound, SessionStore
+from .sessions import EmptyFeed, FeedResult, SessionForbidden, SessionNotFound, SessionStore
 from .settings import Settings
 from .steps import Step, run_steps
 
@@ -237,28 +237,38 @@ class InferenceEngine:
         ]
         return answers[0] if req.text is not None else ScoreBatchResponse(results=answers)
 
-    async def feed(self, session_id: str, req: FeedRequest) -> FeedResponse:
-        """Advance a session by `req.text`: one lookup, the session's own tokenizer."""
+    async def feed(self, session_id: str, req: FeedRequest, token: str | None) -> FeedResponse:
+        """Advance a session by `req.text`: one lookup, which checks the session's token,
+        and the session's own tokenizer. The answer is made before the session keeps the
+        new state, so a feed that fails anywhere leaves the session as it was."""
         self.check_top_k(req.top_k)
+
+        def answer(out: FeedResult) -> FeedResponse:
+            loaded = out.session.loaded
+            return FeedResponse(
+                **served(loaded),
+                session_id=out.session.id,
+                history_length=out.history_length,
+                tokens=out.tokens,
+                unknown=out.unknown,
+                predictions=self._predictions(loaded, out.word_ids, out.probs),
+            )
+
         try:
-            session = self.sessions.get(session_id)
+            session = self.sessions.authorize(session_id, token)
             set_request_model(session.loaded.name)
             encoded = self.encode(session.loaded, req.text)
-            out = await self.sessions.feed(session, encoded, req.top_k, req.temperature)
+            return await self.sessions.feed_with(
+                session, encoded, answer, req.top_k, req.temperature
+            )
         except SessionNotFound as e:
             raise ApiError(404, str(e)) from None
+        except SessionForbidden as e:
+            raise ApiError(403, str(e)) from None
         except EmptyFeed as e:
             raise ApiError(422, str(e)) from None
         except QueueFull as e:
             raise ApiError(503, str(e), headers={"Retry-After": str(e.retry_after_s)}) from None
-        return FeedResponse(
-            **served(session.loaded),
-            session_id=session.id,
-            history_length=session.history_length,
-            tokens=encoded.tokens,
-            unknown=encoded.unknown,
-            predictions=self._predictions(session.loaded, out.word_ids, out.probs),
-        )
 
     async def gates(self, ref: str | None, text: str, query: GateQuery) -> GateAnswer:
         """Every gate of the cell on every token of `text`; a heavy item of the batcher, so it

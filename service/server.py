@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import signal
 import threading
@@ -13,29 +12,11 @@ import uvicorn
 
 from . import logs
 from .app import create_app
+from .exposure import check_exposure, is_loopback  # noqa: F401  (is_loopback: old import path)
 from .protocol import EdgeLimits, protocol_class
 from .settings import Settings
 
 log = logging.getLogger("gatehouse")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_exposure(settings: Settings) -> str | None:
-    """An open server on a reachable address lets anyone train models: refuse by default."""
-    if is_loopback(settings.host) or settings.api_key is not None or settings.allow_open:
-        return None
-    return (
-        f"refusing to listen on {settings.host} without an API key: set --api-key "
-        "(GATEHOUSE_API_KEY), or pass --allow-open to serve it open on purpose"
-    )
 
 
 class GracefulServer(uvicorn.Server):

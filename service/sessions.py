@@ -4,20 +4,27 @@ tokens, never for the history (the recurrent counterpart of Triton's sequence ba
 A session holds the model version it was created with (the `LoadedModel` object itself), so a
 newer version loaded meanwhile neither changes nor frees it. Limits: a session idle for
 `ttl_s` expires; when `max_sessions` are open, creating one evicts the least recently used
-(creation never fails for lack of room). Feeds to one session are serialised by its own lock;
-feeds to different sessions run concurrently and batch together in the step function.
+(creation never fails for lack of room; the HTTP layer limits how fast one client creates
+them). Feeds to one session are serialised by its own lock; feeds to different sessions run
+concurrently and batch together in the step function.
+
+Every session has a secret token, made with it: `authorize` is the lookup for callers acting
+for a client, and refuses (SessionForbidden) one that does not present that token, compared in
+constant time, so holding a session id alone neither reads, feeds nor ends it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import secrets
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from models.store import LoadedModel
 from models.tokenizer import Encoded
@@ -28,11 +35,20 @@ log = logging.getLogger("gatehouse.sessions")
 
 StepFn = Callable[[LoadedModel, Step], Awaitable[StepResult]]
 CountHook = Callable[[str, int], None]  # model name, open sessions of that model
+T = TypeVar("T")
 
 
 class SessionNotFound(LookupError):
     def __init__(self, session_id: str) -> None:
         super().__init__(f"no session {session_id!r} (unknown, expired, evicted or deleted)")
+        self.session_id = session_id
+
+
+class SessionForbidden(PermissionError):
+    def __init__(self, session_id: str) -> None:
+        super().__init__(
+            f"session {session_id!r} needs its own session_token (the X-Session-Token header)"
+        )
         self.session_id = session_id
 
 
@@ -51,6 +67,7 @@ class Session:
     state: RowState | None = None  # None until the first feed: the zero state
     closed: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
 
 
 @dataclass
@@ -60,6 +77,7 @@ class FeedResult:
     unknown: list[str]
     word_ids: list[int]
     probs: list[float]
+    history_length: int  # this feed included
 
     @property
     def words(self) -> list[str]:
@@ -123,6 +141,19 @@ class SessionStore:
         self._sessions.move_to_end(session_id)
         return session
 
+    def authorize(self, session_id: str, token: str | None) -> Session:
+        """`get` for a caller acting for a client: the session only with its own token."""
+        session = self.get(session_id)
+        # compare_digest takes the same time wherever the strings differ.
+        if token is None or not hmac.compare_digest(token.encode(), session.token.encode()):
+            raise SessionForbidden(session_id)
+        return session
+
+    def alive(self, session_id: str) -> bool:
+        """Whether the session is still held, without counting as use."""
+        session = self._sessions.get(session_id)
+        return session is not None and self._clock() - session.last_used < self.ttl_s
+
     def expires_in(self, session: Session) -> float:
         return max(0.0, session.last_used + self.ttl_s - self._clock())
 
@@ -139,6 +170,18 @@ class SessionStore:
         session's own tokenizer, limits checked); the predictions are for the word after
         everything fed so far. A feed that fails (or is cancelled) leaves the session as it
         was."""
+        return await self.feed_with(session, encoded, lambda out: out, top_k, temperature)
+
+    async def feed_with(
+        self,
+        session: Session,
+        encoded: Encoded,
+        answer: Callable[[FeedResult], T],
+        top_k: int = 5,
+        temperature: float = 1.0,
+    ) -> T:
+        """`feed`, with the caller's answer made from the result before the session keeps
+        anything: if `answer` raises, the feed did not happen, so a retry is no double feed."""
         if not encoded.ids:
             raise EmptyFeed("text has no tokens to feed")
         async with session.lock:
@@ -154,13 +197,22 @@ class SessionStore:
                     want_state=True,
                 ),
             )
-            session.history_length += len(encoded.ids)
+            out = FeedResult(
+                session,
+                encoded.tokens,
+                encoded.unknown,
+                result.ids,
+                result.probs,
+                session.history_length + len(encoded.ids),
+            )
+            made = answer(out)
+            session.history_length = out.history_length
             session.feeds += 1
             if not session.closed:  # deleted or evicted meanwhile: answer, but keep nothing
                 session.state = result.state
                 session.last_used = self._clock()
                 self._sessions.move_to_end(session.id)
-        return FeedResult(session, encoded.tokens, encoded.unknown, result.ids, result.probs)
+        return made
 
     def sweep(self) -> int:
         """Drop every expired session; returns how many."""

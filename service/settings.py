@@ -1,49 +1,119 @@
-"""Server settings: flags override `GATEHOUSE_*` environment variables override defaults."""
+"""Server settings, declared once: flags, `GATEHOUSE_*` variables and a TOML file come from here.
+
+Precedence: flags > environment > config file > defaults. `service.settings_flags` generates
+the flags from these fields and `service.settings_load` reads the command line, the file and
+the environment and explains a bad value in one line: a new field needs nothing but its
+declaration below (a `description` is its help text).
+"""
 
 from __future__ import annotations
 
-import argparse
 import os
+from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator, Field, SecretStr
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ENV_PREFIX = "GATEHOUSE_"
+
+# The config file's values while one Settings is built from them (see `build`): a source
+# is constructed by the class, so the values of this one build reach it through here.
+_FILE_VALUES: ContextVar[Mapping[str, Any] | None] = ContextVar("gatehouse_file", default=None)
 
 
 def default_model_dir() -> Path:
+    """`$XDG_DATA_HOME/gatehouse/models` (`~/.local/share/gatehouse/models` without it)"""
     # XDG data home: survives `git clean`, shared by `make serve` and `python -m models.train`.
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "gatehouse" / "models"
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GATEHOUSE_", extra="ignore")
+def _blank_is_none(value: Any) -> Any:
+    # `--api-key ""` or `GATEHOUSE_API_KEY=` is no key: never a key that an empty bearer
+    # token matches, and never a reason to listen on a reachable address.
+    raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+    if isinstance(raw, str) and not raw.strip():
+        return None
+    return value
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    model_dir: Path = Field(default_factory=default_model_dir)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    api_key: SecretStr | None = None
-    protect_inference: bool = False  # also require the key on /predict, /gates, /sessions ...
-    allow_open: bool = False  # serve on a non-loopback address without an API key
-    no_bootstrap: bool = False
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    default_model: str = "lstm"
-    torch_threads: int = Field(0, ge=0, le=256)  # 0: one per core, decided at start-up
-    reload_interval_s: float = Field(2.0, gt=0, le=3600)
-    half: Literal["off", "bf16", "fp16"] = "off"  # bf16: CPU or CUDA; fp16: CUDA only
-    # Comma-separated origins whose pages may call the API (CORS); empty: same origin only.
-    cors_origins: str = ""
+
+class _FileSource(PydanticBaseSettingsSource):
+    """The parsed config file, ranked below the environment."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        values = _FILE_VALUES.get() or {}
+        return values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        fields = self.settings_cls.model_fields
+        return {k: v for k, v in (_FILE_VALUES.get() or {}).items() if k in fields}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on (0: any free one)")
+    model_dir: Path = Field(
+        default_factory=default_model_dir,
+        description="the model store: one folder per model name, one per version",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where inference runs (auto: CUDA when available)"
+    )
+    api_key: Annotated[SecretStr | None, BeforeValidator(_blank_is_none)] = Field(
+        None, description="Bearer key required to train and cancel jobs (unset: no key)"
+    )
+    api_key_file: Path | None = Field(
+        None, description="read the API key from this file's first line (kept out of ps)"
+    )
+    protect_inference: bool = Field(
+        False, description="also require the API key on /predict, /gates, /sessions and the rest"
+    )
+    metrics_open: bool = Field(
+        False, description="serve /metrics without the key even with protect_inference"
+    )
+    allow_open: bool = Field(
+        False, description="serve on a non-loopback address without an API key, on purpose"
+    )
+    no_bootstrap: bool = Field(
+        False, description="do not train the default models when the store is empty"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="the least severe log level written"
+    )
+    default_model: str = Field("lstm", description="the model a request without one gets")
+    torch_threads: int = Field(
+        0, ge=0, le=256, description="torch threads for inference (0: one per core)"
+    )
+    reload_interval_s: float = Field(
+        2.0, gt=0, le=3600, description="seconds between scans of the store for new versions"
+    )
+    half: Literal["off", "bf16", "fp16"] = Field(
+        "off", description="serve in half precision (bf16: CPU or CUDA; fp16: CUDA only)"
+    )
+    cors_origins: str = Field(
+        "",
+        description="comma-separated origins whose pages may call the API, e.g. "
+        "http://a:3000 (empty: same origin only)",
+    )
 
     # Limits, enforced before any work.
-    max_body_bytes: int = Field(1_000_000, ge=1024)
-    max_tokens: int = Field(2048, ge=1)
-    max_texts: int = Field(64, ge=1)
-    max_top_k: int = Field(100, ge=1)
-    max_words: int = Field(200, ge=1)
-    max_gate_tokens: int = Field(512, ge=1)
-    max_gate_values: int = Field(2_000_000, ge=1)  # floats in one /gates answer
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="largest request body, in bytes")
+    max_tokens: int = Field(2048, ge=1, description="most tokens in one text")
+    max_texts: int = Field(64, ge=1, description="most texts in one batch request")
+    max_top_k: int = Field(100, ge=1, description="largest top_k a request may ask for")
+    max_words: int = Field(200, ge=1, description="most words one /generate may produce")
+    max_gate_tokens: int = Field(512, ge=1, description="most tokens one /gates request shows")
+    max_gate_values: int = Field(2_000_000, ge=1, description="most floats in one /gates answer")
     max_gate_queue: int = Field(
         2, ge=1, le=1024, description="/gates traces waiting or running at once; more get 503"
     )
@@ -78,29 +148,56 @@ class Settings(BaseSettings):
     )
 
     # Dynamic batching (1 turns it off).
-    max_batch_size: int = Field(64, ge=1, le=4096)
-    max_batch_delay_ms: float = Field(10.0, ge=0, le=1000)  # the most a forming batch waits
-    max_queue: int = Field(1024, ge=1)
+    max_batch_size: int = Field(
+        64, ge=1, le=4096, description="most requests in one forward pass (1: no batching)"
+    )
+    max_batch_delay_ms: float = Field(
+        10.0, ge=0, le=1000, description="the most a forming batch waits for more requests, ms"
+    )
+    max_queue: int = Field(1024, ge=1, description="most requests waiting for the model")
     max_queue_wait_ms: float = Field(
         500.0, ge=0, le=600_000, description="refuse (503) rows that would wait longer; 0: off"
     )
 
     # Sessions.
-    max_sessions: int = Field(10_000, ge=1)
-    session_ttl_s: float = Field(900.0, gt=0)
+    max_sessions: int = Field(10_000, ge=1, description="most server-held sessions at once")
+    session_ttl_s: float = Field(
+        900.0, gt=0, description="seconds an idle session is kept before it expires"
+    )
+    session_create_rate: float = Field(
+        1.0, ge=0, le=10_000, description="sessions one client may open per second (0: no limit)"
+    )
+    session_create_burst: int = Field(
+        30, ge=1, le=1_000_000, description="sessions one client may open at once"
+    )
 
     # Training jobs.
-    data_dir: Path | None = None  # named datasets for POST /train {"dataset": name}
-    max_corpus_bytes: int = Field(50_000_000, ge=1024)
-    max_queued_jobs: int = Field(8, ge=1)
-    max_running_jobs: int = Field(1, ge=1)
-    job_threads: int = Field(1, ge=1, le=256)
+    data_dir: Path | None = Field(
+        None, description='named datasets for POST /train {"dataset": name}'
+    )
+    max_corpus_bytes: int = Field(
+        50_000_000, ge=1024, description="largest posted training corpus, in bytes"
+    )
+    max_queued_jobs: int = Field(8, ge=1, description="most training jobs waiting to run")
+    max_running_jobs: int = Field(1, ge=1, description="most training jobs running at once")
+    job_threads: int = Field(1, ge=1, le=256, description="torch threads per training job")
     train_memory_budget_mb: int = Field(
         4096,
         ge=64,
         le=16_777_216,
         description="Refuse (422) a /train request whose estimated peak memory is over this",
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _FileSource(settings_cls))
 
     @property
     def jobs_db(self) -> Path:
@@ -111,48 +208,14 @@ class Settings(BaseSettings):
         return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
 
 
-_FLAGS: dict[str, dict[str, Any]] = {
-    "host": {},
-    "port": {"type": int},
-    "model_dir": {},
-    "device": {"choices": ["auto", "cpu", "cuda"]},
-    "api_key": {},
-    "protect_inference": {"action": "store_true", "default": None},
-    "allow_open": {"action": "store_true", "default": None},
-    "no_bootstrap": {"action": "store_true", "default": None},
-    "log_level": {"choices": ["debug", "info", "warning", "error"]},
-    "default_model": {},
-    "torch_threads": {"type": int},
-    "half": {"choices": ["off", "bf16", "fp16"]},
-    "cors_origins": {"help": "comma-separated origins allowed to call the API, e.g. http://a:3000"},
-    "max_body_bytes": {"type": int},
-    "max_tokens": {"type": int},
-    "max_texts": {"type": int},
-    "max_top_k": {"type": int},
-    "max_words": {"type": int},
-    "max_gate_tokens": {"type": int},
-    "max_gate_values": {"type": int},
-    "max_batch_size": {"type": int},
-    "max_batch_delay_ms": {"type": float},
-    "max_queue": {"type": int},
-    "max_sessions": {"type": int},
-    "session_ttl_s": {"type": float},
-    "data_dir": {},
-    "max_corpus_bytes": {"type": int},
-    "max_queued_jobs": {"type": int},
-    "max_running_jobs": {"type": int},
-    "job_threads": {"type": int},
-}
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
 
 
-def parse_args(argv: list[str] | None = None) -> Settings:
-    """Flags win over env vars; a flag left out keeps the env var or the default."""
-    parser = argparse.ArgumentParser(
-        prog="python -m service",
-        description="Gatehouse: serve, inspect and train recurrent language models over HTTP.",
-        epilog="Every flag is also an env var: --max-batch-size -> GATEHOUSE_MAX_BATCH_SIZE.",
-    )
-    for name, kw in _FLAGS.items():
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, **kw)
-    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
-    return Settings(**given)
+def build(flags: Mapping[str, Any], file_values: Mapping[str, Any]) -> Settings:
+    """Settings from flags (given as keyword values) over env over `file_values` over defaults."""
+    token = _FILE_VALUES.set(dict(file_values))
+    try:
+        return Settings(**flags)
+    finally:
+        _FILE_VALUES.reset(token)

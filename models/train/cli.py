@@ -60,18 +60,31 @@ def _config(args: argparse.Namespace) -> TrainConfig:
     )
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m models.train",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--arch", required=True, choices=ARCHS)
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and each flag's default where it has a real one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        shown = default not in (None, False, argparse.SUPPRESS) and "default" not in text
+        if shown and (action.option_strings or action.nargs in (argparse.OPTIONAL, "*")):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _parser(prog: str = "python -m models.train") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--arch", required=True, choices=ARCHS, help="the kind of recurrent cell")
     src = p.add_argument_group("corpus (--train [--valid [--test]] or --builtin)")
     src.add_argument("--train", help="training text: a file or a directory of .txt files")
     src.add_argument("--valid", help="validation text (default: hold out --valid-fraction)")
     src.add_argument("--test", help="test text, for test_ppl")
-    src.add_argument("--valid-fraction", type=float, default=0.1)
+    src.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=0.1,
+        help="share of --train held out for validation when there is no --valid",
+    )
     src.add_argument(
         "--builtin",
         nargs="?",
@@ -79,17 +92,31 @@ def _parser() -> argparse.ArgumentParser:
         choices=sorted(BUILTIN_CORPORA),
         help="use a built-in corpus (default: longrange)",
     )
-    src.add_argument("--builtin-seed", type=int, default=0)
-    p.add_argument("--model-dir", required=True)
-    p.add_argument("--name", required=True)
+    src.add_argument(
+        "--builtin-seed", type=int, default=0, help="seed of the generated built-in corpus"
+    )
+    p.add_argument("--model-dir", required=True, help="the model store to save the new version in")
+    p.add_argument("--name", required=True, help="the model's name in the store (no @version)")
     # Unset flags keep the recipe: models.defaults' for --builtin, TrainConfig's otherwise.
     add_knob_flags(p, knobs())
-    p.add_argument("--optimizer", choices=["adam", "sgd"], default=None)
-    p.add_argument("--lowercase", action="store_true")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument(
+        "--optimizer",
+        choices=["adam", "sgd"],
+        default=None,
+        help="optimizer (default: the recipe's; another one takes its own lr and clip)",
+    )
+    p.add_argument("--lowercase", action="store_true", help="lowercase the corpus")
+    p.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="where training runs"
+    )
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("--checkpoint-dir", help="resumable checkpoints here (resumes if present)")
-    p.add_argument("--progress", choices=["auto", "bar", "none"], default="auto")
+    p.add_argument(
+        "--progress",
+        choices=["auto", "bar", "none"],
+        default="auto",
+        help="progress bar on stderr (auto: when it is a terminal)",
+    )
     return p
 
 
@@ -97,6 +124,9 @@ def add_knob_flags(p: argparse.ArgumentParser, declared: list[Field[Any]]) -> No
     """One `--flag` per hyperparameter, default None (not given); booleans are switches."""
     for f in declared:
         flag, kind, text = "--" + f.name.replace("_", "-"), knob_type(f), f.metadata["help"]
+        # The flag itself defaults to "not given"; what that means is the recipe's value.
+        base = "the recipe's" if f.default is None else f"{f.default}, or the built-in recipe's"
+        text += f" (default: {base})".replace("%", "%%")
         if kind is bool:
             p.add_argument(flag, action="store_true", default=None, help=text)
         else:
@@ -117,8 +147,8 @@ def _load_corpus(args: argparse.Namespace, cfg: TrainConfig) -> Corpus:
     return corpus_from_path(args.train, valid_fraction=args.valid_fraction, **cfg.corpus_options())
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m models.train") -> int:
+    args = _parser(prog).parse_args(argv)
     start = time.monotonic()
     try:
         # Fail on a bad name before training, not after; a version is the store's to pick.

@@ -7,12 +7,14 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from fastapi import Depends
 from prometheus_client import generate_latest
 from prometheus_client.exposition import choose_encoder
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..auth import require_metrics_reader
 from .exemplars import exemplar_labels, trace_id_from
 from .families import (
     HTTP_DURATION,
@@ -155,5 +157,6 @@ def add_route(app: Any) -> None:
         include_in_schema=False,
         response_class=Response,
         name="metrics",
+        dependencies=[Depends(require_metrics_reader)],
     )
     _init_route_series(app)

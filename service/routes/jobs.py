@@ -12,9 +12,10 @@ import re
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
+from ..auth import require_reader
 from ..deps import AdminDep, JobsDep, SettingsDep
 from ..errors import ApiError
 from ..jobs import datasets, intake
@@ -30,7 +31,7 @@ from ..schemas.jobs import (
     TrainRequest,
 )
 
-router = APIRouter(tags=["training"])
+router = APIRouter(tags=["training"], dependencies=[Depends(require_reader)])
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 _MAX_FORM_FIELDS = 32
 

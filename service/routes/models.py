@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path as FsPath
 from typing import Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Depends, Path
 from fastapi.responses import FileResponse
 
 from models.store import (
@@ -20,6 +20,7 @@ from models.store import (
     read_meta,
 )
 
+from ..auth import require_reader
 from ..deps import ReaderDep, RegistryDep
 from ..errors import ApiError
 from ..redact import version_message
@@ -27,7 +28,7 @@ from ..registry import ModelRegistry
 from ..schemas.common import ErrorBody
 from ..schemas.models import ModelDetail, ModelList, VersionInfo
 
-router = APIRouter(tags=["models"])
+router = APIRouter(tags=["models"], dependencies=[Depends(require_reader)])
 
 
 def model_info(registry: ModelRegistry, loaded: LoadedModel) -> dict[str, Any]:

@@ -7,15 +7,16 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
+from ..auth import admit_new_session, client_id, require_reader
 from ..deps import EngineDep, ReaderDep, RegistryDep
 from ..errors import ApiError
 from ..oip import generate as oip_generate
 from ..oip.infer import infer as run_infer
 from ..oip.infer import metadata, model_ref
-from ..oip.sequences import Sequences
+from ..oip.sequences import SequenceMap, Sequences
 from ..oip.tensors import HEADER, parse_body
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
@@ -28,11 +29,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def _sequences(request: Request) -> Sequences:
-    """The app's one map of OIP sequences to sessions, made on first use."""
+    """This client's view of the app's one map of OIP sequences to sessions."""
     state = request.app.state
     if not hasattr(state, "oip_sequences"):
-        state.oip_sequences = Sequences()
-    return state.oip_sequences
+        state.oip_sequences = SequenceMap()
+    return state.oip_sequences.for_client(client_id(request), lambda: admit_new_session(request))
 
 
 def _path_parameters(*names: str) -> dict[str, Any]:
@@ -95,8 +96,18 @@ async def ready(registry: RegistryDep) -> dict[str, bool]:
     return {"ready": True}
 
 
-@router.get("/models/{name}", summary="Model metadata", responses=ERRORS)
-@router.get("/models/{name}/versions/{version}", summary="Model metadata", responses=ERRORS)
+@router.get(
+    "/models/{name}",
+    summary="Model metadata",
+    responses=ERRORS,
+    dependencies=[Depends(require_reader)],
+)
+@router.get(
+    "/models/{name}/versions/{version}",
+    summary="Model metadata",
+    responses=ERRORS,
+    dependencies=[Depends(require_reader)],
+)
 async def model_metadata(
     name: str, engine: EngineDep, registry: RegistryDep, version: str | None = None
 ) -> dict[str, Any]:

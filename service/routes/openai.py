@@ -8,17 +8,18 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
 from models.store import LoadedModel
 
+from ..auth import require_reader
 from ..deps import EngineDep, ReaderDep, RegistryDep
 from ..errors import JSONResponse
 from ..openai.completions import complete, prepare, stream
 from ..schemas.openai import Completion, CompletionRequest, ModelCard, ModelCardList, OpenAIError
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_reader)])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": OpenAIError, "description": "Invalid or unsupported request field"},

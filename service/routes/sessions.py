@@ -5,20 +5,38 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
-from ..deps import EngineDep, ReaderDep, RegistryDep, SessionsDep
+from ..auth import admit_new_session
+from ..deps import (
+    EngineDep,
+    ReaderDep,
+    RegistryDep,
+    SessionsDep,
+    SessionTokenDep,
+)
 from ..errors import ApiError
 from ..inference import served
 from ..schemas.common import ErrorBody
-from ..schemas.sessions import FeedRequest, FeedResponse, SessionCreate, SessionInfo
-from ..sessions import Session, SessionNotFound, SessionStore
+from ..schemas.sessions import (
+    FeedRequest,
+    FeedResponse,
+    SessionCreate,
+    SessionCreated,
+    SessionInfo,
+)
+from ..sessions import Session, SessionForbidden, SessionNotFound, SessionStore
 from .predict import ERRORS
 
 router = APIRouter(tags=["sessions"])
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorBody, "description": "No or the wrong X-Session-Token"},
     404: {"model": ErrorBody, "description": "Unknown, expired, evicted or deleted session"},
+}
+CREATE_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "An API key is configured and not sent"},
+    429: {"model": ErrorBody, "description": "This client opened too many sessions lately"},
 }
 
 
@@ -34,25 +52,34 @@ def _info(sessions: SessionStore, s: Session) -> dict[str, Any]:
     }
 
 
-def _get(sessions: SessionStore, session_id: str) -> Session:
+def _authorized(sessions: SessionStore, session_id: str, token: str | None) -> Session:
     try:
-        return sessions.get(session_id)
+        return sessions.authorize(session_id, token)
     except SessionNotFound as e:
         raise ApiError(404, str(e)) from None
+    except SessionForbidden as e:
+        raise ApiError(403, str(e)) from None
 
 
 @router.post(
     "/sessions",
     status_code=201,
-    response_model=SessionInfo,
+    response_model=SessionCreated,
     summary="Open a session pinned to a model version (the least recently used one is "
-    "evicted when the server holds its maximum)",
-    responses=ERRORS,
+    "evicted when the server holds its maximum); every later call on it sends the "
+    "session_token answered here as X-Session-Token",
+    responses={**ERRORS, **CREATE_ERRORS},
 )
 async def create_session(
-    body: SessionCreate, sessions: SessionsDep, registry: RegistryDep, _: ReaderDep
+    body: SessionCreate,
+    request: Request,
+    sessions: SessionsDep,
+    registry: RegistryDep,
+    _: ReaderDep,
 ) -> dict[str, Any]:
-    return _info(sessions, sessions.create(registry.resolve(body.model)))
+    admit_new_session(request)
+    session = sessions.create(registry.resolve(body.model))
+    return {**_info(sessions, session), "session_token": session.token}
 
 
 @router.post(
@@ -62,9 +89,9 @@ async def create_session(
     responses={**ERRORS, **NOT_FOUND},
 )
 async def feed_session(
-    session_id: str, body: FeedRequest, engine: EngineDep, _: ReaderDep
+    session_id: str, body: FeedRequest, engine: EngineDep, token: SessionTokenDep, _: ReaderDep
 ) -> FeedResponse:
-    return await engine.feed(session_id, body)
+    return await engine.feed(session_id, body, token)
 
 
 @router.get(
@@ -73,8 +100,10 @@ async def feed_session(
     summary="Inspect a session (counts as use: its idle clock restarts)",
     responses=NOT_FOUND,
 )
-async def get_session(session_id: str, sessions: SessionsDep, _: ReaderDep) -> dict[str, Any]:
-    return _info(sessions, _get(sessions, session_id))
+async def get_session(
+    session_id: str, sessions: SessionsDep, token: SessionTokenDep, _: ReaderDep
+) -> dict[str, Any]:
+    return _info(sessions, _authorized(sessions, session_id, token))
 
 
 @router.delete(
@@ -84,7 +113,10 @@ async def get_session(session_id: str, sessions: SessionsDep, _: ReaderDep) -> d
     summary="End a session and free its state",
     responses=NOT_FOUND,
 )
-async def delete_session(session_id: str, sessions: SessionsDep, _: ReaderDep) -> Response:
+async def delete_session(
+    session_id: str, sessions: SessionsDep, token: SessionTokenDep, _: ReaderDep
+) -> Response:
+    _authorized(sessions, session_id, token)
     try:
         sessions.delete(session_id)
     except SessionNotFound as e:

@@ -6,6 +6,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from .strict import StrictInput
+
 MODEL_REF_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}(@[1-9][0-9]{0,8})?$"
 
 ModelRef = Field(
@@ -25,7 +27,7 @@ def _not_blank(text: str) -> str:
 Text = Annotated[str, AfterValidator(_not_blank)]
 
 
-class Request(BaseModel):
+class Request(StrictInput):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .common import MODEL_REF_PATTERN, Text
+from .strict import StrictInput
 
 # Accepted only at the value that changes nothing: anything else is a 400 naming the field.
 NEUTRAL: dict[str, tuple[Any, ...]] = {
@@ -27,7 +28,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class CompletionRequest(BaseModel):
+class CompletionRequest(StrictInput):
     # Unknown fields are kept, then refused with a 400 that names them (see completions.py).
     model_config = ConfigDict(
         extra="allow",

@@ -14,13 +14,20 @@ class SessionCreate(Request):
 
 
 class SessionInfo(Served):
-    session_id: str = Field(description="Unguessable id: whoever holds it can use the session.")
+    session_id: str = Field(description="Names the session; its session_token opens it.")
     version: int = Field(description="The version the session is pinned to for its lifetime.")
     history_length: int = Field(description="Tokens fed so far.")
     feeds: int = Field(description="Successful feeds so far.")
     created_at: str = Field(description="UTC, ISO 8601.")
     idle_ttl_s: float = Field(description="A session unused for this long expires.")
     expires_in_s: float = Field(description="Seconds left before expiry unless used again.")
+
+
+class SessionCreated(SessionInfo):
+    session_token: str = Field(
+        description="The session's secret, answered only here: every later call on the "
+        "session sends it as the X-Session-Token header (403 without it)."
+    )
 
 
 class FeedRequest(Request):

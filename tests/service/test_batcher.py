@@ -484,10 +484,12 @@ async def test_http_full_queue_is_503_with_retry_after(serve, tiny_store: Path) 
         r = await client.post("/predict", json=predict_body(5))
         assert r.status_code == 503
         assert int(r.headers["retry-after"]) >= 1 and "busy" in r.json()["message"]
-        sid = (await client.post("/sessions", json={"model": "lstm"})).json()["session_id"]
-        r = await client.post(f"/sessions/{sid}/feed", json={"text": "the"})
+        opened = (await client.post("/sessions", json={"model": "lstm"})).json()
+        sid, own = opened["session_id"], {"x-session-token": opened["session_token"]}
+        r = await client.post(f"/sessions/{sid}/feed", json={"text": "the"}, headers=own)
         assert r.status_code == 503 and "retry-after" in r.headers
-        assert (await client.get(f"/sessions/{sid}")).json()["history_length"] == 0
+        info = await client.get(f"/sessions/{sid}", headers=own)
+        assert info.json()["history_length"] == 0
     finally:
         release.set()
     assert [r.status_code for r in await asyncio.gather(*waiting)] == [200, 200, 200]
@@ -518,6 +520,10 @@ async def test_http_bf16_serves_close_to_float32(serve, tiny_store: Path) -> Non
     )
     gates = await half.post("/gates", json={"model": "lstm", "text": TEXTS[0]})
     assert gates.status_code == 200, gates.text
-    sid = (await half.post("/sessions", json={"model": "gru"})).json()["session_id"]
-    fed = await half.post(f"/sessions/{sid}/feed", json={"text": TEXTS[0]})
+    opened = (await half.post("/sessions", json={"model": "gru"})).json()
+    fed = await half.post(
+        f"/sessions/{opened['session_id']}/feed",
+        json={"text": TEXTS[0]},
+        headers={"x-session-token": opened["session_token"]},
+    )
     assert fed.status_code == 200, fed.text

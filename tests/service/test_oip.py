@@ -220,7 +220,8 @@ def test_a_three_step_sequence_equals_a_session(
     client: triton.InferenceServerClient, server: ServerProcess
 ) -> None:
     steps = ["i grew up in france .", "the clouds are in the sky .", "i speak fluent"]
-    sid = httpx.post(server.url + "/sessions", json={"model": "lstm"}).json()["session_id"]
+    opened = httpx.post(server.url + "/sessions", json={"model": "lstm"}).json()
+    sid, own = opened["session_id"], {"x-session-token": opened["session_token"]}
     for n, step in enumerate(steps):
         text = triton.InferInput("text", [1], "BYTES")
         text.set_data_from_numpy(np.array([step.encode()], dtype=object))
@@ -233,7 +234,7 @@ def test_a_three_step_sequence_equals_a_session(
             parameters={"top_k": 3},
         )
         fed = httpx.post(
-            f"{server.url}/sessions/{sid}/feed", json={"text": step, "top_k": 3}
+            f"{server.url}/sessions/{sid}/feed", json={"text": step, "top_k": 3}, headers=own
         ).json()["predictions"]
         words = [w.decode() for w in result.as_numpy("next_words")[0]]
         assert words == [p["word"] for p in fed]

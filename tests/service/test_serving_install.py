@@ -43,7 +43,7 @@ def test_serving_installs_torch_then_the_project_without_extras(tmp_path: Path) 
     torch = re.search(r"pip install -q torch==\S+\n", commands)
     project = commands.find("pip install -q -e .\n")
     assert torch and 0 <= torch.start() < project, commands
-    assert "[test]" not in commands and "-m service" in commands
+    assert "[test]" not in commands and "/gatehouse serve" in commands
 
 
 def test_testing_adds_the_test_extras(tmp_path: Path) -> None:

@@ -254,12 +254,20 @@ def assert_close_dists(a: list[dict], b: list[dict], tol: float = 1e-4) -> None:
         assert prob == pytest.approx(db[word], abs=tol), word
 
 
+async def open_session(client, body: dict) -> tuple[str, dict[str, str]]:
+    """A new session's id and the headers that open it (its token)."""
+    r = await client.post("/sessions", json=body)
+    assert r.status_code == 201, r.text
+    return r.json()["session_id"], {"x-session-token": r.json()["session_token"]}
+
+
 async def test_http_feed_equals_predict_on_the_concatenation(client) -> None:
     r = await client.post("/sessions", json={"model": "gru"})
     assert r.status_code == 201, r.text
     created = r.json()
     assert created["model"] == "gru" and created["version"] == 1
     sid = created["session_id"]
+    client.headers["x-session-token"] = created["session_token"]
     fed: list[str] = []
     for piece in PIECES:
         r = await client.post(f"/sessions/{sid}/feed", json={"text": piece, "top_k": 100})
@@ -281,7 +289,8 @@ async def test_http_feed_equals_predict_on_the_concatenation(client) -> None:
 async def test_http_session_errors(client) -> None:
     r = await client.post("/sessions", json={"model": "nope"})
     assert r.status_code == 404 and r.json()["message"]
-    sid = (await client.post("/sessions", json={})).json()["session_id"]  # the default model
+    sid, own = await open_session(client, {})  # the default model
+    client.headers.update(own)
     for body, status in [
         ({"text": "   "}, 422),
         ({"text": "the", "top_k": 0}, 422),
@@ -305,14 +314,13 @@ async def test_http_session_errors(client) -> None:
 
 async def test_http_max_sessions_evicts_the_least_recently_used(make_client, tiny_store) -> None:
     client = await make_client(make_settings(tiny_store, max_sessions=2))
-    a, b = [
-        (await client.post("/sessions", json={"model": "rnn"})).json()["session_id"] for _ in "ab"
-    ]
-    assert (await client.post(f"/sessions/{a}/feed", json={"text": "the"})).status_code == 200
-    c = (await client.post("/sessions", json={"model": "rnn"})).json()["session_id"]
-    assert (await client.get(f"/sessions/{b}")).status_code == 404
-    assert (await client.get(f"/sessions/{a}")).status_code == 200
-    assert (await client.get(f"/sessions/{c}")).status_code == 200
+    (a, own_a), (b, own_b) = [await open_session(client, {"model": "rnn"}) for _ in "ab"]
+    r = await client.post(f"/sessions/{a}/feed", json={"text": "the"}, headers=own_a)
+    assert r.status_code == 200
+    c, own_c = await open_session(client, {"model": "rnn"})
+    assert (await client.get(f"/sessions/{b}", headers=own_b)).status_code == 404
+    assert (await client.get(f"/sessions/{a}", headers=own_a)).status_code == 200
+    assert (await client.get(f"/sessions/{c}", headers=own_c)).status_code == 200
     metrics = (await client.get("/metrics")).text
     assert 'gatehouse_sessions_active{model="rnn"} 2.0' in metrics
 
@@ -321,7 +329,8 @@ async def test_http_session_survives_a_new_version(make_client, tmp_path: Path) 
     model_dir = tmp_path / "models"
     save_model(model_dir, "lstm", "lstm", seed=1)
     client = await make_client(make_settings(model_dir, reload_interval_s=0.05))
-    sid = (await client.post("/sessions", json={"model": "lstm"})).json()["session_id"]
+    sid, own = await open_session(client, {"model": "lstm"})
+    client.headers.update(own)
     await client.post(f"/sessions/{sid}/feed", json={"text": PIECES[0]})
     save_model(model_dir, "lstm", "lstm", seed=2)  # version 2 lands in the store
     for _ in range(200):

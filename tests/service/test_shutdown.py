@@ -30,12 +30,12 @@ def wait_in_flight(url: str, count: int, timeout: float = 30.0) -> None:
 def test_sigterm_finishes_in_flight_requests(tiny_store, tmp_path) -> None:
     model_dir = tmp_path / "models"
     shutil.copytree(tiny_store, model_dir)
-    server = ServerProcess(model_dir, "--no-bootstrap", "--max-words", "400")
+    server = ServerProcess(model_dir, "--no-bootstrap", "--max-words", "1500")
     server.wait_ready()
     results: list[int | str] = []
 
     def long_request() -> None:
-        body = {"model": "lstm", "text": "the clouds", "max_words": 400, "temperature": 1.0}
+        body = {"model": "lstm", "text": "the clouds", "max_words": 1500, "temperature": 1.0}
         try:
             results.append(httpx.post(server.url + "/generate", json=body, timeout=60).status_code)
         except httpx.HTTPError as e:

@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.settings import parse_args
+from service.settings_load import parse_args
 from service.ui import render
 from tests.service.conftest import make_settings
 
