@@ -186,7 +186,7 @@ def test_a_departed_clients_queued_request_is_never_computed(
     _wait_idle(server.url)
     before = _predictions_total(server.url)
     # A long trace keeps the inference thread busy for seconds (one counted pass).
-    text = words(10000)
+    text = words(30000)  # seconds even on a quiet machine: the predict below queues behind it
     busy = _raw_post(server.port, "/gates", {"model": "lstm", "text": text, "summary_only": True})
     time.sleep(0.5)
     with _raw_post(server.port, "/predict", {"model": "lstm", "text": "the clouds"}):
