@@ -12,8 +12,18 @@ clients answered a moment ago send again within milliseconds), but never longer 
 pass over 32 rows costs nearly as much as over 64 (reading the weights dominates), so one
 full pass beats two half ones that chase each other. A lone client never waits.
 
-The queue is bounded: past `max_queue` waiting items `submit` raises `QueueFull` at once, with
-a retry estimate, instead of growing memory and latency without limit.
+The queue is bounded: past `max_queue` waiting items, or when the wait it would face is over
+`max_wait_ms` (the rows ahead over the rate the worker clears them while backlogged), `submit`
+raises `QueueFull` at once, with a retry estimate, instead of growing memory and latency
+without limit: under overload the excess gets fast 503s, and what is admitted is answered in
+time rather than after its client gave up. A request that is
+cancelled (its client has gone) gives its slot back at once, and its rows are never computed.
+
+Heavy items (`heavy=True`: a `/gates` trace is tens of forward passes' worth of work) run alone,
+share the same bound, and have their own small one, `max_heavy` waiting or running. While
+light rows wait, heavy items get at most `heavy_share` of the worker's time: after a heavy item
+of s seconds, light batches run for s * (1 - share) / share seconds before the next one. With no
+light work waiting they run straight away, so the worker never idles with work queued.
 """
 
 from __future__ import annotations
@@ -35,6 +45,10 @@ K = TypeVar("K", bound=Hashable)
 I = TypeVar("I")  # noqa: E741
 R = TypeVar("R")
 
+# The most light work a heavy item can be held back for; with no light work waiting it runs
+# at once anyway.
+MAX_OWED_S = 5.0
+
 # key, items of one batch, each item's queue wait (s), compute time of the batch (s)
 BatchHook = Callable[[Any, list[Any], list[float], float], None]
 
@@ -42,17 +56,23 @@ BatchHook = Callable[[Any, list[Any], list[float], float], None]
 class QueueFull(Exception):
     """The batch queue is at its bound; retry after `retry_after_s` seconds."""
 
-    def __init__(self, queued: int, limit: int, retry_after_s: int) -> None:
-        super().__init__(f"server busy: {queued} requests queued (limit {limit}); retry later")
+    def __init__(self, queued: int, limit: int, retry_after_s: int, what: str = "requests") -> None:
+        super().__init__(f"server busy: {queued} {what} queued (limit {limit}); retry later")
         self.queued = queued
         self.limit = limit
         self.retry_after_s = retry_after_s
+
+
+class Departed(Exception):
+    """The request's client has gone (its `gone` future completed): its rows were dropped."""
 
 
 @dataclass(slots=True)
 class _Pending:
     item: Any
     future: asyncio.Future[Any]
+    heavy: bool = False
+    queued: bool = True  # still counted in `_queued` (not yet taken, not cancelled)
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -75,15 +95,23 @@ class DynamicBatcher(Generic[K, I, R]):
         max_batch_size: int = 64,
         max_batch_delay_ms: float = 2.0,
         max_queue: int = 1024,
+        max_wait_ms: float = 0.0,
+        max_heavy: int = 2,
+        heavy_share: float = 0.1,
         executor: Executor | None = None,
         on_batch: BatchHook | None = None,
     ) -> None:
-        if max_batch_size < 1 or max_queue < 1 or max_batch_delay_ms < 0:
-            raise ValueError("max_batch_size and max_queue must be >= 1, the delay >= 0")
+        if max_batch_size < 1 or max_queue < 1 or max_batch_delay_ms < 0 or max_heavy < 1:
+            raise ValueError("max_batch_size, max_queue, max_heavy >= 1, the delay >= 0")
+        if not 0 < heavy_share <= 1:
+            raise ValueError("heavy_share must be in (0, 1]")
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_batch_delay_ms / 1000.0
         self.max_queue = max_queue
+        self.max_wait_s = max_wait_ms / 1000.0  # 0: no bound on the wait
+        self.max_heavy = max_heavy
+        self.heavy_share = heavy_share
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="gatehouse-infer")
         self._on_batch = on_batch
@@ -95,6 +123,12 @@ class DynamicBatcher(Generic[K, I, R]):
         self._target = max_batch_size  # rows the forming batch waits for
         self._idle_since = 0.0  # when the worker last became free
         self._batch_s = 0.0  # moving average of one batch's compute time, for Retry-After
+        self._heavy: deque[tuple[K, _Pending]] = deque()
+        self._heavy_count = 0  # heavy items waiting or running
+        self._heavy_s = 0.0  # moving average of one heavy item's compute time
+        self._owed_s = 0.0  # light work time owed before the next heavy item may run
+        self._rows_per_s = 0.0  # moving average of rows cleared per second while rows waited
+        self._last_done = 0.0  # when the last batch finished, if rows were waiting then
         self._wake: asyncio.Event | None = None
         self._full: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -108,37 +142,71 @@ class DynamicBatcher(Generic[K, I, R]):
     def queued(self) -> int:
         return self._queued
 
-    async def submit(self, key: K, item: I) -> R:
-        return (await self.submit_many(key, [item]))[0]
+    @property
+    def heavy(self) -> int:
+        """Heavy items waiting or running."""
+        return self._heavy_count
 
-    async def submit_many(self, key: K, items: Sequence[I]) -> list[R]:
-        """Results for `items`, in order. The rows may land in different batches."""
+    async def submit(
+        self, key: K, item: I, *, heavy: bool = False, gone: asyncio.Future[Any] | None = None
+    ) -> R:
+        return (await self.submit_many(key, [item], heavy=heavy, gone=gone))[0]
+
+    async def submit_many(
+        self,
+        key: K,
+        items: Sequence[I],
+        *,
+        heavy: bool = False,
+        gone: asyncio.Future[Any] | None = None,
+    ) -> list[R]:
+        """Results for `items`, in order. The rows may land in different batches; heavy
+        ones each run alone. When `gone` completes first (the client has left), the rows
+        are dropped and `Departed` is raised."""
         if self._closed:
             raise RuntimeError("batcher is closed")
         n = len(items)
         if n == 0:
             return []
+        if gone is not None and gone.done():
+            raise Departed
+        if heavy and self._heavy_count + n > self.max_heavy:
+            retry = self._heavy_retry_after()
+            raise QueueFull(self._heavy_count, self.max_heavy, retry, "heavy requests")
         if self._queued + n > self.max_queue:
             raise QueueFull(self._queued, self.max_queue, self._retry_after())
+        if not heavy and self._queued and self._expected_wait(n) > self.max_wait_s > 0:
+            raise QueueFull(self._queued, self.max_queue, self._retry_after())
         if not self.enabled:
-            return await self._direct(key, items)
+            return await self._direct(key, items, heavy, gone)
 
         loop = asyncio.get_running_loop()
         self._ensure_dispatcher(loop)
-        queue = self._queues.setdefault(key, deque())
-        pending = [_Pending(item, loop.create_future()) for item in items]
-        queue.extend(pending)
+        pending = [_Pending(item, loop.create_future(), heavy) for item in items]
         self._queued += n
         self._arrivals += n
         assert self._wake is not None and self._full is not None
+        if heavy:
+            self._heavy_count += n
+            self._heavy.extend((key, p) for p in pending)
+        else:
+            queue = self._queues.setdefault(key, deque())
+            queue.extend(pending)
+            if len(queue) >= self._target:
+                self._full.set()
         self._wake.set()
-        if len(queue) >= self._target:
-            self._full.set()
-        # Cancelling this request cancels its futures (gather cancels its children): the
-        # dispatcher skips cancelled items, and a batch already running drops their rows.
+        # Cancelling this request, or its client leaving, cancels its futures: their slots
+        # are free at once, the dispatcher skips them, and a batch already running drops
+        # their rows instead of being waited for.
         if n == 1:
-            return [await pending[0].future]
-        return list(await asyncio.gather(*(p.future for p in pending)))
+            waiter: asyncio.Future[Any] = pending[0].future
+        else:
+            waiter = asyncio.gather(*(p.future for p in pending))
+        try:
+            result = await _unless_gone(waiter, [p.future for p in pending], gone)
+        finally:
+            self._release(pending)
+        return [result] if n == 1 else list(result)
 
     async def close(self) -> None:
         """Stop dispatching; waiting requests fail with RuntimeError."""
@@ -160,9 +228,44 @@ class DynamicBatcher(Generic[K, I, R]):
 
     # -- internals ---------------------------------------------------------------------
 
+    def _expected_wait(self, n: int) -> float:
+        """How long rows joining now would wait: the rows ahead of them over the rate the
+        worker has cleared rows while others waited (event loop time included)."""
+        return (self._queued + n) / self._rows_per_s if self._rows_per_s > 0 else 0.0
+
+    def _note_cycle(self, compute_s: float, rows: int) -> None:
+        now = time.perf_counter()
+        # Only a backlogged worker's pace says how fast the queue drains; idle gaps do not, and
+        # a batch that found no queue behind it took just its compute time.
+        cycle = now - self._last_done if self._last_done else compute_s
+        rate = rows / max(cycle, 1e-6)
+        self._rows_per_s = rate if self._rows_per_s == 0 else 0.8 * self._rows_per_s + 0.2 * rate
+        self._last_done = now if self._queued else 0.0
+
     def _retry_after(self) -> int:
         batches_ahead = math.ceil(self._queued / self.max_batch_size)
-        return max(1, math.ceil(batches_ahead * self._batch_s))
+        return max(1, math.ceil(max(batches_ahead * self._batch_s, self._expected_wait(0))))
+
+    def charge_heavy(self, seconds: float) -> None:
+        """Count work done for a heavy item off the worker (encoding its answer) against the
+        heavy share, so what heavy items cost in all stays within it."""
+        owed = seconds * (1 - self.heavy_share) / self.heavy_share
+        self._owed_s = min(self._owed_s + owed, MAX_OWED_S)
+
+    def _heavy_retry_after(self) -> int:
+        # Each heavy item ahead takes its run plus the light work owed after it.
+        ahead = self._heavy_count * self._heavy_s / self.heavy_share
+        return max(1, math.ceil(max(self._owed_s, 0.0) + ahead))
+
+    def _release(self, pending: list[_Pending]) -> None:
+        """Its submitter is done with these items: those still queued (it was cancelled, or
+        its client left) free their slots now, and heavy ones their heavy slot."""
+        for p in pending:
+            if p.queued:
+                p.queued = False
+                self._queued -= 1
+            if p.heavy:
+                self._heavy_count -= 1
 
     def _note_batch_time(self, seconds: float) -> None:
         """Moving average of one batch's compute time, for Retry-After."""
@@ -184,20 +287,27 @@ class DynamicBatcher(Generic[K, I, R]):
         self._fail_pending("batch dispatcher failed")
 
     def _fail_pending(self, message: str) -> None:
-        for queue in self._queues.values():
-            for p in queue:
-                if not p.future.done():
-                    p.future.set_exception(RuntimeError(message))
+        waiting = [p for queue in self._queues.values() for p in queue]
+        waiting += [p for _, p in self._heavy]
+        for p in waiting:
+            if p.queued:
+                p.queued = False
+                self._queued -= 1
+            if not p.future.done():
+                p.future.set_exception(RuntimeError(message))
         self._queues.clear()
-        self._queued = 0
+        self._heavy.clear()
 
     async def _dispatch(self) -> None:
         assert self._wake is not None and self._full is not None
         loop = asyncio.get_running_loop()
         while True:
-            if not self._queues:
+            if not self._queues and not self._heavy:
                 self._wake.clear()
                 await self._wake.wait()
+                continue
+            if self._heavy and (not self._queues or self._owed_s <= 0):
+                await self._run_heavy(loop)
                 continue
             key = next(iter(self._queues))
             queue = self._queues[key]
@@ -218,16 +328,48 @@ class DynamicBatcher(Generic[K, I, R]):
             self._expect = min(self.max_batch_size, len(batch) + self._queued)
             self._idle_since = time.perf_counter()
             self._note_batch_time(compute_s)
-            for p, outcome in zip(batch, outcomes, strict=True):
-                if p.future.done():
-                    continue  # its request was cancelled meanwhile
-                if outcome.ok:
-                    p.future.set_result(outcome.value)
-                else:
-                    p.future.set_exception(outcome.value)
-            self._report(
-                key, [p.item for p in batch], [started - p.enqueued for p in batch], compute_s
+            self._owed_s -= compute_s
+            self._note_cycle(compute_s, len(batch))
+            self._settle(key, batch, outcomes, started, compute_s)
+
+    async def _run_heavy(self, loop: asyncio.AbstractEventLoop) -> None:
+        key, p = self._heavy.popleft()
+        p.queued = False
+        self._queued -= 1
+        if p.future.done():
+            return  # cancelled while it waited
+        try:
+            outcomes, started, compute_s = await loop.run_in_executor(
+                self._executor, self._run_guarded, key, [p.item]
             )
+        except Exception as e:  # the executor itself failed (shut down)
+            outcomes, started, compute_s = [_Outcome(False, e)], 0.0, 0.0
+        self._idle_since = time.perf_counter()
+        self._heavy_s = compute_s if self._heavy_s == 0 else 0.8 * self._heavy_s + 0.2 * compute_s
+        # Light work owed for this run; not carried past one run's worth, so a burst of
+        # heavy items while nothing else waited does not starve them later.
+        owed = compute_s * (1 - self.heavy_share) / self.heavy_share
+        self._owed_s = min(max(self._owed_s, 0.0) + owed, max(2 * owed, MAX_OWED_S))
+        if self._last_done:  # a heavy run is not the light rows' pace: it has its own share
+            self._last_done = time.perf_counter()
+        self._settle(key, [p], outcomes, started, compute_s)
+
+    def _settle(
+        self,
+        key: K,
+        batch: list[_Pending],
+        outcomes: list[_Outcome],
+        started: float,
+        compute_s: float,
+    ) -> None:
+        for p, outcome in zip(batch, outcomes, strict=True):
+            if p.future.done():
+                continue  # its request was cancelled meanwhile
+            if outcome.ok:
+                p.future.set_result(outcome.value)
+            else:
+                p.future.set_exception(outcome.value)
+        self._report(key, [p.item for p in batch], [started - p.enqueued for p in batch], compute_s)
 
     async def _fill(self, queue: deque[_Pending]) -> None:
         """Hold a partial batch until the rows expected soon have arrived (as many as were in
@@ -255,7 +397,9 @@ class DynamicBatcher(Generic[K, I, R]):
         batch: list[_Pending] = []
         while queue and len(batch) < self.max_batch_size:
             p = queue.popleft()
-            self._queued -= 1
+            if p.queued:
+                p.queued = False
+                self._queued -= 1
             if not p.future.done():
                 batch.append(p)
         if queue:
@@ -289,18 +433,21 @@ class DynamicBatcher(Generic[K, I, R]):
         outcomes = [self._run_one(key, item) for item in items]
         return outcomes, started, time.perf_counter() - started
 
-    async def _direct(self, key: K, items: Sequence[I]) -> list[R]:
+    async def _direct(
+        self, key: K, items: Sequence[I], heavy: bool, gone: asyncio.Future[Any] | None
+    ) -> list[R]:
         """Batching off: every row is its own forward pass, in submission order."""
         loop = asyncio.get_running_loop()
         n = len(items)
         self._queued += n
+        self._heavy_count += n if heavy else 0
         enqueued = time.perf_counter()
         try:
-            outcomes, started, compute_s = await loop.run_in_executor(
-                self._executor, self._run_direct_rows, key, list(items)
-            )
+            work = loop.run_in_executor(self._executor, self._run_direct_rows, key, list(items))
+            outcomes, started, compute_s = await _unless_gone(work, [work], gone)
         finally:
             self._queued -= n
+            self._heavy_count -= n if heavy else 0
         self._note_batch_time(compute_s / n)
         for i in range(n):
             self._report(key, [items[i]], [started - enqueued], compute_s / n)
@@ -316,3 +463,29 @@ class DynamicBatcher(Generic[K, I, R]):
             self._on_batch(key, items, waits, compute_s)
         except Exception:  # metrics must never break serving
             log.exception("batch hook failed")
+
+
+async def _unless_gone(
+    waiter: asyncio.Future[Any],
+    futures: list[asyncio.Future[Any]],
+    gone: asyncio.Future[Any] | None,
+) -> Any:
+    """`await waiter`; if `gone` completes first, `futures` are cancelled and `Departed` is
+    raised. A callback, not a second task: this is on every request's path."""
+    if gone is None:
+        return await waiter
+
+    def drop(_: asyncio.Future[Any]) -> None:
+        for f in futures:
+            f.cancel()
+
+    gone.add_done_callback(drop)
+    try:
+        return await waiter
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if gone.done() and not (task is not None and task.cancelling()):
+            raise Departed from None
+        raise
+    finally:
+        gone.remove_done_callback(drop)

@@ -15,20 +15,20 @@ import asyncio
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
 import torch
-from torch import Tensor
 
 from models import gates as gate_inspection
 from models.store import LoadedModel
 from models.tokenizer import Encoded
 
 from . import generate, metrics
-from .batcher import DynamicBatcher, QueueFull
+from .batcher import Departed, DynamicBatcher, QueueFull
+from .departure import ClientGone, client_gone
 from .errors import ApiError
+from .gate_answer import GateAnswer, GateQuery, GateRow, run_gates
 from .generation import Generation, Sampling
 from .logs import set_request_model
 from .prepare import prepare
@@ -49,18 +49,10 @@ from .settings import Settings
 from .steps import Step, run_steps
 
 T = TypeVar("T")
-Row = Step | ScoreRow  # what the batcher carries: a next-word step, or a text to score
+# What the batcher carries: a next-word step, a text to score, or a gate trace (heavy).
+Row = Step | ScoreRow | GateRow
 
-
-@dataclass(frozen=True, slots=True)
-class GateQuery:
-    """What `/gates` asks of a text: the transport-neutral form of its request body."""
-
-    top_k: int = 5
-    layers: list[int] | None = None  # None: every layer
-    units: list[int] | None = None  # None: every unit
-    decimals: int | None = None  # round the gate values; None: full precision
-    summary_only: bool = False
+__all__ = ["GateAnswer", "GateQuery", "InferenceEngine", "served"]
 
 
 def served(loaded: LoadedModel) -> dict[str, Any]:
@@ -81,16 +73,26 @@ class InferenceEngine:
             max_batch_size=settings.max_batch_size,
             max_batch_delay_ms=settings.max_batch_delay_ms,
             max_queue=settings.max_queue,
+            max_wait_ms=settings.max_queue_wait_ms,
+            max_heavy=settings.max_gate_queue,
+            heavy_share=settings.gate_share,
             executor=self._executor,
             on_batch=_observe_batch,
         )
         self.sessions = SessionStore(
-            self.batcher.submit,
+            self._submit_one,
             max_sessions=settings.max_sessions,
             ttl_s=settings.session_ttl_s,
             on_count=metrics.set_sessions_active,
         )
         registry.on_load.append(self._prepare)
+
+    async def _submit_one(self, loaded: LoadedModel, step: Step) -> Any:
+        """One session step: admitted like the rest, dropped if its client has gone."""
+        try:
+            return await self.batcher.submit(loaded, step, gone=client_gone())
+        except Departed:
+            raise ClientGone from None
 
     @property
     def executor(self) -> ThreadPoolExecutor:
@@ -119,12 +121,19 @@ class InferenceEngine:
         threads = self._threads.get(loaded, self._max_threads)
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
+        if any(isinstance(r, GateRow) for r in rows):  # heavy: the batcher runs each alone
+            return [self._forward_one(loaded, r) for r in rows]
         steps = [r for r in rows if isinstance(r, Step)]
         if len(steps) == len(rows):
             return run_steps(loaded.model, steps)
         scored = iter(run_scores(loaded.model, [r for r in rows if isinstance(r, ScoreRow)]))
         stepped = iter(run_steps(loaded.model, steps))
         return [next(stepped) if isinstance(r, Step) else next(scored) for r in rows]
+
+    def _forward_one(self, loaded: LoadedModel, row: Row) -> Any:
+        if isinstance(row, GateRow):
+            return run_gates(loaded.model, row)
+        return self._forward(loaded, [row])[0]
 
     # ---- validation shared by every endpoint -------------------------------------------
     def resolve(self, ref: str | None) -> LoadedModel:
@@ -133,18 +142,27 @@ class InferenceEngine:
         set_request_model(loaded.name)  # for the access log line
         return loaded
 
-    def encode(self, loaded: LoadedModel, text: str, max_tokens: int | None = None) -> Encoded:
+    def encode(
+        self,
+        loaded: LoadedModel,
+        text: str,
+        max_tokens: int | None = None,
+        setting: str = "max_tokens",
+    ) -> Encoded:
+        """`text` encoded, or a 413 naming `setting`, the limit that refused it."""
         limit = max_tokens or self.settings.max_tokens
         # Cheap pre-check: a text of N characters has at most N tokens, but tokenizing a
         # megabyte only to refuse it would still be work done for nothing.
         if len(text) > limit * 64:
-            raise ApiError(413, f"text over {limit * 64} characters (limit: {limit} tokens)")
+            raise ApiError(
+                413, f"text over {limit * 64} characters (limit: {limit} tokens, {setting})"
+            )
         enc = loaded.tokenizer.encode(text)
         if not enc.ids:
             raise ApiError(422, "text has no words")
         if len(enc.ids) > limit:
             raise ApiError(
-                413, f"text has {len(enc.ids)} tokens, over the limit of {limit} (max_tokens)"
+                413, f"text has {len(enc.ids)} tokens, over the limit of {limit} ({setting})"
             )
         return enc
 
@@ -153,10 +171,15 @@ class InferenceEngine:
             raise ApiError(422, f"top_k {top_k} over the limit of {self.settings.max_top_k}")
 
     # ---- the seam: every forward pass --------------------------------------------------
-    async def _steps(self, loaded: LoadedModel, steps: Sequence[Row]) -> list[Any]:
-        """Run rows through the batcher; a full queue is a 503 with Retry-After."""
+    async def _steps(
+        self, loaded: LoadedModel, steps: Sequence[Row], heavy: bool = False
+    ) -> list[Any]:
+        """Run rows through the batcher: the admission every model-touching call meets. A full
+        queue is a 503 with Retry-After; a request whose client has gone is dropped."""
         try:
-            return await self.batcher.submit_many(loaded, steps)
+            return await self.batcher.submit_many(loaded, steps, heavy=heavy, gone=client_gone())
+        except Departed:
+            raise ClientGone from None
         except QueueFull as e:
             raise ApiError(503, str(e), headers={"Retry-After": str(e.retry_after_s)}) from None
 
@@ -247,9 +270,13 @@ class InferenceEngine:
         except QueueFull as e:
             raise ApiError(503, str(e), headers={"Retry-After": str(e.retry_after_s)}) from None
 
-    async def gates(self, ref: str | None, text: str, query: GateQuery) -> dict[str, Any]:
+    async def gates(self, ref: str | None, text: str, query: GateQuery) -> GateAnswer:
+        """Every gate of the cell on every token of `text`; a heavy item of the batcher, so it
+        meets the same bounded admission as a prediction, and its own smaller bound."""
         self.check_top_k(query.top_k)
         layers, units = query.layers, query.units
+        if layers == [] or units == []:
+            raise ApiError(422, "layers and units must not be empty lists (leave one out: all)")
         loaded = self.resolve(ref)
         cfg = loaded.config
         bad_layers = [k for k in layers or [] if not 0 <= k < cfg.num_layers]
@@ -258,7 +285,7 @@ class InferenceEngine:
         bad_units = [u for u in units or [] if not 0 <= u < cfg.hidden_size]
         if bad_units:
             raise ApiError(422, f"units {bad_units[:10]} out of range 0..{cfg.hidden_size - 1}")
-        enc = self.encode(loaded, text, self.settings.max_gate_tokens)
+        enc = self.encode(loaded, text, self.settings.max_gate_tokens, "max_gate_tokens")
         if not query.summary_only:
             n_keys = len(gate_inspection.GATE_KEYS[cfg.arch])
             n_layers = len(set(layers)) if layers else cfg.num_layers
@@ -270,54 +297,21 @@ class InferenceEngine:
                     f"{self.settings.max_gate_values} (max_gate_values): ask for fewer "
                     "layers or units, a shorter text, or summary_only",
                 )
-        return await self._run(self._gates_sync, loaded, enc, query)
-
-    def _gates_sync(self, loaded: LoadedModel, enc: Encoded, query: GateQuery) -> dict[str, Any]:
-        layers, units = query.layers, query.units
-        with torch.inference_mode():
-            trace = gate_inspection.inspect(loaded.model, torch.tensor(enc.ids))
-        keep = sorted(set(layers)) if layers else list(range(len(trace.layers)))
-        unit_index = torch.tensor(units, dtype=torch.long) if units else None
-        chosen: list[dict[str, Tensor]] = []
-        for k in keep:
-            states = trace.layers[k]
-            if unit_index is not None:
-                states = {
-                    key: v.index_select(1, unit_index.to(v.device)) for key, v in states.items()
-                }
-            chosen.append(states)
-        # The summary describes exactly the rows returned (same layers, same units).
-        sliced = gate_inspection.GateTrace(arch=trace.arch, layers=chosen, logits=trace.logits)
-        summary = gate_inspection.summary(sliced)
-        for entry, k in zip(summary["layers"], keep, strict=True):
-            entry["layer"] = k
-        out_layers = []
-        if not query.summary_only:
-            for k, states in zip(keep, chosen, strict=True):
-                gates = {}
-                for key, v in states.items():
-                    # float64 before rounding: a rounded float32 prints as 0.492000013...
-                    v = v.double().cpu()
-                    if query.decimals is not None:
-                        v = torch.round(v, decimals=query.decimals)
-                    gates[key] = v.tolist()
-                out_layers.append({"layer": k, "gates": gates})
-        probs = torch.softmax(trace.logits.float(), dim=-1)
-        values, indices = torch.topk(probs, min(query.top_k, probs.shape[-1]))
+        (values,) = await self._steps(loaded, [GateRow(enc.ids, query)], heavy=True)
         itos = loaded.tokenizer.vocab.itos
-        top = [
-            {"word": itos[i], "prob": p}
-            for p, i in zip(values.tolist(), indices.tolist(), strict=True)
-        ]
-        return {
+        return GateAnswer(
             **served(loaded),
-            "tokens": enc.tokens,
-            "unknown": enc.unknown,
-            "units": units,
-            "layers": out_layers,
-            "summary": summary,
-            "predictions": top,
-        }
+            tokens=enc.tokens,
+            unknown=enc.unknown,
+            units=units,
+            predictions=[
+                {"word": itos[i], "prob": p}
+                for i, p in zip(values.top_ids, values.top_probs, strict=True)
+            ],
+            values=values,
+            decimals=None if query.summary_only else query.decimals,
+            on_encoded=self.batcher.charge_heavy,
+        )
 
 
 def _score_response(

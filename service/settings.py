@@ -114,6 +114,15 @@ class Settings(BaseSettings):
     max_words: int = Field(200, ge=1, description="most words one /generate may produce")
     max_gate_tokens: int = Field(512, ge=1, description="most tokens one /gates request shows")
     max_gate_values: int = Field(2_000_000, ge=1, description="most floats in one /gates answer")
+    max_gate_queue: int = Field(
+        2, ge=1, le=1024, description="/gates traces waiting or running at once; more get 503"
+    )
+    gate_share: float = Field(
+        0.1, gt=0, le=1, description="most of the inference thread /gates takes while others wait"
+    )
+    gate_send_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="a /gates client that reads no chunk this long is dropped"
+    )
 
     # The HTTP edge (service.protocol), enforced before a request reaches the app.
     max_header_bytes: int = Field(
@@ -146,6 +155,9 @@ class Settings(BaseSettings):
         10.0, ge=0, le=1000, description="the most a forming batch waits for more requests, ms"
     )
     max_queue: int = Field(1024, ge=1, description="most requests waiting for the model")
+    max_queue_wait_ms: float = Field(
+        500.0, ge=0, le=600_000, description="refuse (503) rows that would wait longer; 0: off"
+    )
 
     # Sessions.
     max_sessions: int = Field(10_000, ge=1, description="most server-held sessions at once")

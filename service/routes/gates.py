@@ -1,22 +1,71 @@
-"""GET and POST /gates: what every gate did on every token."""
+"""GET and POST /gates: what every gate did on every token.
+
+The answer is streamed a block of rows at a time (`GateAnswer.chunks`), each block written only
+once the client has taken the one before: a client that stops reading holds one block of text
+and its answer's float32 values, and is dropped after `gate_send_timeout_s` without progress.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
+from starlette.types import Receive, Scope, Send
 
-from ..deps import EngineDep, ReaderDep
+from ..departure import WatchedRoute, client_gone
+from ..deps import EngineDep, ReaderDep, SettingsDep
 from ..errors import ApiError
 from ..inference import GateQuery
 from ..schemas.common import MODEL_REF_PATTERN
 from ..schemas.gates import GatesRequest, GatesResponse
 from .predict import ERRORS
 
-router = APIRouter(tags=["inspection"])
+log = logging.getLogger("gatehouse.gates")
+
+router = APIRouter(tags=["inspection"], route_class=WatchedRoute)
+
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    200: {"model": GatesResponse, "description": "The gates, streamed as one JSON document"},
+}
+
+
+class GateStream(StreamingResponse):
+    """The JSON chunks, each encoded and sent once the client has taken the one before."""
+
+    def __init__(self, chunks: Iterator[bytes], send_timeout_s: float) -> None:
+        super().__init__(chunks, media_type="application/json")
+        self.chunks = chunks
+        self.send_timeout_s = send_timeout_s
+        self.gone = client_gone()  # made in the handler; sent after it has returned
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gone = self.gone
+        start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+        await send(start)
+        try:
+            for chunk in self.chunks:
+                if gone is not None and gone.done():
+                    return  # nobody reads the rest: stop encoding it
+                message = {"type": "http.response.body", "body": chunk, "more_body": True}
+                await asyncio.wait_for(send(message), self.send_timeout_s)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except TimeoutError:
+            # Returning with the body incomplete makes the server close the connection, and
+            # the answer's memory goes with this frame.
+            log.warning("dropped a /gates client that read nothing for %ss", self.send_timeout_s)
+        except OSError:  # the client went away mid-answer
+            return
+        if self.background is not None:
+            await self.background()
+
 
 _INDEX_LIST = re.compile(r"^\d{1,6}(-\d{1,6})?(,\d{1,6}(-\d{1,6})?){0,4095}$")
 
@@ -37,29 +86,33 @@ def parse_indices(raw: str | None, what: str, limit: int = 65536) -> list[int] |
     return out
 
 
-async def _gates(engine: EngineDep, body: GatesRequest) -> dict[str, Any]:
+async def _gates(engine: EngineDep, body: GatesRequest, timeout_s: float) -> GateStream:
     query = GateQuery(body.top_k, body.layers, body.units, body.round, body.summary_only)
-    return await engine.gates(body.model, body.text, query)
+    answer = await engine.gates(body.model, body.text, query)
+    return GateStream(answer.chunks(), timeout_s)
 
 
 @router.post(
     "/gates",
-    response_model=GatesResponse,
+    response_model=None,
     summary="Per-token gate activations (JSON body)",
-    responses=ERRORS,
+    responses=RESPONSES,
 )
-async def post_gates(body: GatesRequest, engine: EngineDep, _: ReaderDep) -> dict[str, Any]:
-    return await _gates(engine, body)
+async def post_gates(
+    body: GatesRequest, engine: EngineDep, settings: SettingsDep, _: ReaderDep
+) -> GateStream:
+    return await _gates(engine, body, settings.gate_send_timeout_s)
 
 
 @router.get(
     "/gates",
-    response_model=GatesResponse,
+    response_model=None,
     summary="Per-token gate activations (query string)",
-    responses=ERRORS,
+    responses=RESPONSES,
 )
 async def get_gates(
     engine: EngineDep,
+    settings: SettingsDep,
     _: ReaderDep,
     text: Annotated[str, Query(examples=["i grew up in france"])],
     model: Annotated[str | None, Query(pattern=MODEL_REF_PATTERN, examples=["lstm"])] = None,
@@ -68,7 +121,7 @@ async def get_gates(
     units: Annotated[str | None, Query(description="e.g. 0-15,40", examples=["0-7"])] = None,
     round: Annotated[int | None, Query(ge=0, le=8)] = None,
     summary_only: bool = False,
-) -> dict[str, Any]:
+) -> GateStream:
     try:
         body = GatesRequest(
             text=text,
@@ -81,4 +134,4 @@ async def get_gates(
         )
     except ValidationError as e:  # same 422 shape as a bad JSON body
         raise RequestValidationError(e.errors()) from e
-    return await _gates(engine, body)
+    return await _gates(engine, body, settings.gate_send_timeout_s)

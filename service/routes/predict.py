@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from ..departure import WatchedRoute
 from ..deps import EngineDep, ReaderDep
 from ..generate import events, plan
 from ..schemas.common import ErrorBody
@@ -18,7 +19,7 @@ from ..schemas.predict import (
     PredictResponse,
 )
 
-router = APIRouter(tags=["inference"])
+router = APIRouter(tags=["inference"], route_class=WatchedRoute)
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Malformed body (not UTF-8 JSON)"},

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from ..departure import WatchedRoute
 from ..deps import EngineDep, ReaderDep
 from ..schemas.score import ScoreBatchResponse, ScoreRequest, ScoreResponse
 from .predict import ERRORS
 
-router = APIRouter(tags=["inference"])
+router = APIRouter(tags=["inference"], route_class=WatchedRoute)
 
 
 @router.post(

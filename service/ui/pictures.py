@@ -74,7 +74,7 @@ async def _picture(engine: Any, q: PictureQuery) -> tuple[list[render.Panel], di
     except ValidationError as e:  # same 422 shape as GET /gates
         raise RequestValidationError(e.errors()) from e
     query = GateQuery(top_k=1, layers=body.layers, units=body.units)
-    result = await engine.gates(body.model, body.text, query)
+    result = (await engine.gates(body.model, body.text, query)).to_dict()
     found = await asyncio.to_thread(render.panels, result, wanted)
     if not found:
         raise ApiError(422, f"gates: a {result['arch']} model has {GATE_KEYS[result['arch']]}")
