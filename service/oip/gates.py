@@ -16,11 +16,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from models.gates import GATE_KEYS
 from models.lm import ModelConfig
 
 from ..errors import ApiError
-from ..inference import GateQuery, InferenceEngine
+from ..inference import GateAnswer, GateQuery, InferenceEngine
 from .tensors import Output
 
 _STATES = frozenset({"cell", "hidden"})
@@ -39,18 +41,15 @@ def metadata(cfg: ModelConfig) -> list[dict[str, Any]]:
     return [{"name": name, "datatype": "FP32", "shape": shape} for name in output_names(cfg.arch)]
 
 
-async def answers(engine: InferenceEngine, ref: str, texts: list[str]) -> list[dict[str, Any]]:
+async def answers(engine: InferenceEngine, ref: str, texts: list[str]) -> list[GateAnswer]:
     """`/gates`' answer for each text, all from one model version."""
-    out: list[dict[str, Any]] = []
+    out: list[GateAnswer] = []
     total = 0
     limit = engine.settings.max_gate_values
     for text in texts:
         answer = await engine.gates(ref, text, _QUERY)
-        ref = f"{answer['model']}@{answer['version']}"  # the rest from the same version
-        layers = answer["layers"]
-        total += sum(
-            len(rows) * len(rows[0]) for layer in layers for rows in layer["gates"].values()
-        )
+        ref = f"{answer.model}@{answer.version}"  # the rest from the same version
+        total += sum(v.numel() for layer in answer.values.layers for v in layer.values())
         if total > limit:
             raise ApiError(
                 413,
@@ -61,21 +60,20 @@ async def answers(engine: InferenceEngine, ref: str, texts: list[str]) -> list[d
     return out
 
 
-def tensors(answers: list[dict[str, Any]], arch: str, names: list[str]) -> dict[str, Output]:
-    """The asked gate outputs of `answers`, zero rows padding the shorter texts."""
+def tensors(answers: list[GateAnswer], arch: str, names: list[str]) -> dict[str, Output]:
+    """The asked gate outputs of `answers` (every unit, in order: the query names none),
+    zero rows padding the shorter texts."""
     keys = output_names(arch)
-    steps = max(len(a["tokens"]) for a in answers)
-    first = answers[0]["layers"]
-    n_layers, n_units = len(first), len(next(iter(first[0]["gates"].values()))[0])
-    pad = [0.0] * n_units
+    steps = max(len(a.tokens) for a in answers)
+    first = answers[0].values.layers
+    n_layers, n_units = len(first), next(iter(first[0].values())).shape[1]
     out: dict[str, Output] = {}
     for name in names:
         key = keys[name]
-        flat: list[float] = []
-        for answer in answers:
-            per_layer = [layer["gates"][key] for layer in answer["layers"]]
-            for t in range(steps):
-                for rows in per_layer:
-                    flat.extend(rows[t] if t < len(rows) else pad)
-        out[name] = Output("FP32", [len(answers), steps, n_layers, n_units], flat)
+        block = torch.zeros(len(answers), steps, n_layers, n_units)
+        for b, answer in enumerate(answers):
+            rows = torch.stack([layer[key] for layer in answer.values.layers], dim=1)
+            block[b, : rows.shape[0]] = rows
+        shape = [len(answers), steps, n_layers, n_units]
+        out[name] = Output("FP32", shape, block.reshape(-1).tolist())
     return out

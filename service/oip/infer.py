@@ -147,10 +147,9 @@ async def infer(
         token_counts = [len(r.tokens) for r in rows]
     if gate_names:
         answers = await gates.answers(engine, ref, texts)
-        arch = answers[0]["arch"]
-        values.update(gates.tensors(answers, arch, gate_names))
-        served = (answers[0]["model"], answers[0]["version"])
-        token_counts = [len(a["tokens"]) for a in answers]
+        values.update(gates.tensors(answers, answers[0].arch, gate_names))
+        served = (answers[0].model, answers[0].version)
+        token_counts = [len(a.tokens) for a in answers]
     values[TOKENS_OUTPUT] = Output("INT32", [len(token_counts)], token_counts)
     header: dict[str, Any] = {"model_name": served[0], "model_version": str(served[1])}
     if isinstance(request.get("id"), str):
