@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from ..auth import admit_new_session, client_id, require_reader
+from ..departure import WatchedRoute
 from ..deps import EngineDep, ReaderDep, RegistryDep
 from ..errors import ApiError
 from ..oip import generate as oip_generate
@@ -19,7 +20,7 @@ from ..oip.infer import metadata, model_ref
 from ..oip.sequences import SequenceMap, Sequences
 from ..oip.tensors import HEADER, parse_body
 
-router = APIRouter(prefix="/v2", tags=["open inference protocol"])
+router = APIRouter(prefix="/v2", tags=["open inference protocol"], route_class=WatchedRoute)
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": 'Invalid request: `{"error": "..."}`'},

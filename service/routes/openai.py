@@ -14,12 +14,15 @@ from fastapi.responses import StreamingResponse
 from models.store import LoadedModel
 
 from ..auth import require_reader
+from ..departure import WatchedRoute
 from ..deps import EngineDep, ReaderDep, RegistryDep
 from ..errors import JSONResponse
 from ..openai.completions import complete, prepare, stream
 from ..schemas.openai import Completion, CompletionRequest, ModelCard, ModelCardList, OpenAIError
 
-router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_reader)])
+router = APIRouter(
+    prefix="/v1", tags=["openai"], dependencies=[Depends(require_reader)], route_class=WatchedRoute
+)
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": OpenAIError, "description": "Invalid or unsupported request field"},
