@@ -1,6 +1,7 @@
 """A bounded soak: mixed valid and hostile traffic at high concurrency against a real server.
 
-Nothing may answer 5xx, and resident memory may not grow by 10% once warm.
+Nothing may answer 5xx except the overload refusal (503 with `Retry-After`), and resident
+memory may not grow by 10% once warm.
 """
 
 from __future__ import annotations
@@ -79,6 +80,11 @@ async def _drive(url: str, seconds: float, statuses: Counter, seed: int) -> None
             while time.monotonic() < deadline:
                 method, path, kw = _requests(local)
                 r = await client.request(method, path, **kw)
+                if r.status_code == 503 and "retry-after" in r.headers:
+                    # Overload refused on purpose (heavy /gates beyond their bound): a
+                    # refusal the client can act on, not a failure.
+                    statuses["refused"] += 1
+                    continue
                 statuses[r.status_code] += 1
                 if r.status_code >= 500:
                     statuses["5xx:" + path + ":" + r.text[:200]] += 1
@@ -101,7 +107,11 @@ def test_soak_mixed_traffic(tiny_store, tmp_path) -> None:
         assert httpx.get(server.url + "/healthz").status_code == 200
     finally:
         server.stop()
-    fives = {k: v for k, v in (warm + soak).items() if isinstance(k, str) or k >= 500}
+    fives = {
+        k: v
+        for k, v in (warm + soak).items()
+        if k != "refused" and (isinstance(k, str) or k >= 500)
+    }
     assert not fives, fives
     ok = sum(v for k, v in soak.items() if isinstance(k, int) and k < 300)
     bad = sum(v for k, v in soak.items() if isinstance(k, int) and 400 <= k < 500)
