@@ -20,9 +20,10 @@ from typing import Any
 from models.builtin import BUILTIN_CORPORA
 from models.corpus import Corpus, CorpusError, corpus_from_builtin, corpus_from_splits
 from models.defaults import default_configs
+from models.help_format import HelpFormatter
 from models.lm import ARCHS
 from models.train import TrainConfig, TrainingError, TrainResult, train
-from models.train.cli import HelpFormatter, add_knob_flags
+from models.train.cli import add_knob_flags
 from models.train.config import knobs
 
 BUILTIN_STEPS = 1000  # the default budget on the built-in corpus, the same for each kind

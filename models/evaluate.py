@@ -23,6 +23,7 @@ from torch import Tensor
 from models.builtin import AgreementExample, LongRangeExample
 from models.corpus import Corpus
 from models.device import resolve_device
+from models.help_format import HelpFormatter
 from models.lm import RNNLM
 from models.tokenizer import Tokenizer
 
@@ -184,7 +185,6 @@ def final_metrics(
 def main(argv: list[str] | None = None, prog: str = "python -m models.evaluate") -> int:
     from models import store
     from models.corpus import CorpusError, encode_path
-    from models.train.cli import HelpFormatter
 
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model-dir", required=True, help="the model store")

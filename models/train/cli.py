@@ -27,6 +27,7 @@ from models.corpus import (
     corpus_from_splits,
 )
 from models.defaults import default_configs
+from models.help_format import HelpFormatter
 from models.json_values import json_safe
 from models.lm import ARCHS
 from models.train.config import (
@@ -58,18 +59,6 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         progress_interval_s=0.5,
         checkpoint_interval_s=TrainConfig.checkpoint_interval_s,
     )
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """The module docstring as written, and each flag's default where it has a real one."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        default = action.default
-        shown = default not in (None, False, argparse.SUPPRESS) and "default" not in text
-        if shown and (action.option_strings or action.nargs in (argparse.OPTIONAL, "*")):
-            text += " (default: %(default)s)"
-        return text
 
 
 def _parser(prog: str = "python -m models.train") -> argparse.ArgumentParser:
