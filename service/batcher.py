@@ -236,10 +236,16 @@ class DynamicBatcher(Generic[K, I, R]):
     def _note_cycle(self, compute_s: float, rows: int) -> None:
         now = time.perf_counter()
         # Only a backlogged worker's pace says how fast the queue drains; idle gaps do not, and
-        # a batch that found no queue behind it took just its compute time.
-        cycle = now - self._last_done if self._last_done else compute_s
-        rate = rows / max(cycle, 1e-6)
-        self._rows_per_s = rate if self._rows_per_s == 0 else 0.8 * self._rows_per_s + 0.2 * rate
+        # a batch that found no queue behind it took just its compute time. A batch short of
+        # full says little: a pass over 64 rows costs about what one over 3 does, so the
+        # pace of small batches (a cold start, a few clients) would refuse a burst the worker
+        # clears in a few full passes. The pace is learnt from full batches only.
+        if rows >= self.max_batch_size:
+            cycle = now - self._last_done if self._last_done else compute_s
+            rate = rows / max(cycle, 1e-6)
+            self._rows_per_s = (
+                rate if self._rows_per_s == 0 else 0.8 * self._rows_per_s + 0.2 * rate
+            )
         self._last_done = now if self._queued else 0.0
 
     def _retry_after(self) -> int:

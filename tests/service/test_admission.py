@@ -104,6 +104,24 @@ async def test_rows_that_would_wait_past_max_wait_get_queue_full_at_once() -> No
     await batcher.close()
 
 
+
+async def test_a_burst_after_small_batches_is_admitted() -> None:
+    """Small batches (a cold start, a few clients) do not set the pace: a pass costs about the
+    same at 3 rows as at 64, so a burst the worker clears in two full passes is not refused."""
+
+    def run(_: str, items: list[int]) -> list[int]:
+        time.sleep(0.05)  # the same for any batch size, as a forward pass nearly is
+        return items
+
+    batcher: DynamicBatcher[str, int, int] = DynamicBatcher(
+        run, max_batch_size=64, max_batch_delay_ms=0, max_wait_ms=100
+    )
+    for _ in range(3):  # a few small batches, each 50 ms: 20-60 rows/s if they set the pace
+        assert await asyncio.gather(*(batcher.submit("k", i) for i in range(3))) == [0, 1, 2]
+    burst = await asyncio.gather(*(batcher.submit("k", i) for i in range(100)))
+    assert burst == list(range(100))
+    await batcher.close()
+
 # ---- the two small items -----------------------------------------------------------------
 
 

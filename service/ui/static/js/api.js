@@ -48,14 +48,30 @@ async function parse(response) {
   return body;
 }
 
+// A refusal the server expects to clear within seconds (a full queue: 503 or 429 with a short
+// Retry-After) is retried after that wait; the request was never run, so sending it again is
+// safe. Longer waits (no model loaded yet) are shown to the user at once.
+const RETRIES = 2;
+const RETRY_MAX_S = 3;
+
+function retryWait(response) {
+  if (response.status !== 503 && response.status !== 429) return null;
+  const s = Number(response.headers.get("retry-after"));
+  return Number.isFinite(s) && s > 0 && s <= RETRY_MAX_S ? s : null;
+}
+
 async function send(path, init) {
-  let response;
-  try {
-    response = await fetch(path, init);
-  } catch (err) {
-    throw new ApiError(0, "network", `the server did not answer (${err.message})`);
+  for (let attempt = 0; ; attempt++) {
+    let response;
+    try {
+      response = await fetch(path, init);
+    } catch (err) {
+      throw new ApiError(0, "network", `the server did not answer (${err.message})`);
+    }
+    const wait = attempt < RETRIES ? retryWait(response) : null;
+    if (wait === null) return parse(response);
+    await new Promise((resolve) => setTimeout(resolve, wait * 1000));
   }
-  return parse(response);
 }
 
 export function get(path, params) {
