@@ -104,7 +104,6 @@ async def test_rows_that_would_wait_past_max_wait_get_queue_full_at_once() -> No
     await batcher.close()
 
 
-
 async def test_a_burst_after_small_batches_is_admitted() -> None:
     """Small batches (a cold start, a few clients) do not set the pace: a pass costs about the
     same at 3 rows as at 64, so a burst the worker clears in two full passes is not refused."""
@@ -121,6 +120,7 @@ async def test_a_burst_after_small_batches_is_admitted() -> None:
     burst = await asyncio.gather(*(batcher.submit("k", i) for i in range(100)))
     assert burst == list(range(100))
     await batcher.close()
+
 
 # ---- the two small items -----------------------------------------------------------------
 
