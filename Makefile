@@ -27,13 +27,18 @@ install-test: $(TEST_STAMP)
 serve: install
 	$(BIN)/gatehouse serve $(ARGS)
 
-# promtool/prometheus (metrics tests), hey (benchmarks) and chromium (browser tests) come from
-# Debian when missing: one apt-get run for whichever are.
+# promtool/prometheus (metrics tests), hey (benchmarks), chromium (browser tests), and
+# redis-server, nginx and postgresql (scale-out tests) come from Debian when missing: one
+# apt-get run for whichever are.
 system-deps:
 	@missing=""; \
 	  { command -v promtool >/dev/null && command -v prometheus >/dev/null; } || missing="$$missing prometheus"; \
 	  command -v hey >/dev/null || missing="$$missing hey"; \
 	  command -v chromium >/dev/null || missing="$$missing chromium"; \
+	  command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	  { command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || \
+	    missing="$$missing postgresql"; \
 	  [ -z "$$missing" ] || \
 	  { command -v apt-get >/dev/null || { echo "need$$missing: install them" >&2; exit 1; }; \
 	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
