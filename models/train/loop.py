@@ -109,6 +109,8 @@ class Trainer:
             counts = torch.bincount(corpus.train, minlength=vocab_size).double() + 0.5
             self.model.decoder.bias.data = (counts / counts.sum()).log().float()
         self.model.to(self.device).train()
+        # What the training step calls: the model itself, or a wrapper around it (DDP).
+        self.net: torch.nn.Module = self.model
         params = self.model.parameters()
         if cfg.optimizer == "adam":
             self.opt: torch.optim.Optimizer = torch.optim.Adam(
@@ -230,7 +232,7 @@ class Trainer:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
         try:
             with autocast:
-                logits, hidden = self.model(x, self.hidden)
+                logits, hidden = self.net(x, self.hidden)
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -321,9 +323,7 @@ class Trainer:
         )
         tps = self._tokens_per_s()
         t0 = time.monotonic()
-        total, count = nll_sum(
-            self.model, self.corpus.valid, self.cfg.eval_batch_size, self.cfg.bptt, self._poll
-        )
+        total, count = self._validation_nll()
         self.session_eval_s += time.monotonic() - t0
         val_loss = total / count
         if not math.isfinite(val_loss) or val_loss > self.diverged_loss:
@@ -370,6 +370,12 @@ class Trainer:
             info.update(epoch=entry["epoch"], val_ppl=val_ppl, train_loss=train_loss)
             self.callback(info)
 
+    def _validation_nll(self) -> tuple[float, int]:
+        """Summed NLL of the validation text and its token count."""
+        return nll_sum(
+            self.model, self.corpus.valid, self.cfg.eval_batch_size, self.cfg.bptt, self._poll
+        )
+
     def _weights(self) -> list[tuple[str, Tensor]]:
         return [
             (k, v)
@@ -395,15 +401,19 @@ class Trainer:
                     continue
                 self._poll()
                 self._train_step()
-                now = time.monotonic()
-                if now - self.last_report >= self.cfg.progress_interval_s:
-                    self._report()
-                if now - self.last_checkpoint >= self.cfg.checkpoint_interval_s:
-                    self.save_checkpoint()
+                self._after_step()
         finally:
             if self.bar is not None:
                 self.bar.close()
         return self._finish()
+
+    def _after_step(self) -> None:
+        """Report and checkpoint when their intervals have passed."""
+        now = time.monotonic()
+        if now - self.last_report >= self.cfg.progress_interval_s:
+            self._report()
+        if now - self.last_checkpoint >= self.cfg.checkpoint_interval_s:
+            self.save_checkpoint()
 
     def _extend_for_check(self) -> bool:
         """Plan one more epoch when the check has not passed yet and its extra steps allow."""
