@@ -32,7 +32,7 @@ from models.defaults import default_configs
 from models.help_format import HelpFormatter
 from models.json_values import json_safe
 from models.lm import ARCHS
-from models.train import distributed
+from models.train import ranks
 from models.train.config import (
     STOP_CANCEL,
     STOP_CHECKPOINT,
@@ -43,6 +43,7 @@ from models.train.config import (
     knob_type,
     knobs,
 )
+from models.train.distributed import train_distributed
 from models.train.loop import train
 
 
@@ -149,7 +150,7 @@ def _load_corpus(args: argparse.Namespace, cfg: TrainConfig) -> Corpus:
 def main(argv: list[str] | None = None, prog: str = "python -m models.train") -> int:
     args = _parser(prog).parse_args(argv)
     start = time.monotonic()
-    processes = distributed.launched_processes()  # > 1 in a rank of torchrun or --nproc
+    processes = ranks.launched_processes()  # > 1 in a rank of torchrun or --nproc
     try:
         # Fail on a bad name before training, not after; a version is the store's to pick.
         if store.parse_ref(args.name)[1] is not None:
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m models.train") ->
         cfg = _config(args)
         if processes > 1 and args.nproc not in (1, processes):
             raise ValueError(f"--nproc {args.nproc} in a launch of {processes} processes")
-        distributed.check_processes(cfg.batch_size, max(processes, args.nproc))
+        ranks.check_processes(cfg.batch_size, max(processes, args.nproc))
         if args.nproc > 1 and processes == 1:
             from models.train.launch import launch
 
@@ -176,12 +177,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m models.train") ->
     rank = 0
     try:
         if processes > 1:
-            cfg, joined = distributed.join(cfg)
+            cfg, joined = ranks.join(cfg)
             rank = joined.rank
         if rank == 0:
             words = len(corpus.tokenizer.vocab)
             print(f"corpus: {corpus.description}, {words} words", file=sys.stderr)
-        result = (train if processes == 1 else distributed.train_distributed)(
+        result = (train if processes == 1 else train_distributed)(
             cfg,
             corpus,
             should_stop=lambda: stop_request[0] if stop_request else None,
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m models.train") ->
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        distributed.leave()
+        ranks.leave()
     if rank != 0:
         return 0  # rank 0 saves the version
 

@@ -20,10 +20,9 @@ that divides B resumes them, one process included, and every rank reads the same
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -34,89 +33,13 @@ from torch.nn.parallel import DistributedDataParallel
 import models.train.state as train_state
 from models import checkpoint as ckpt
 from models.corpus import Corpus
-from models.device import resolve_device
 from models.evaluate import nll_sum
 
 from .config import STOP_CHECKPOINT, TrainConfig, TrainingCancelled, TrainingError, TrainResult
 from .loop import Trainer
+from .ranks import Hidden, check_processes, hidden_rows, rank_rows
 
-Hidden = Tensor | tuple[Tensor, Tensor] | None
 _NO_STOP, _CHECKPOINT, _CANCEL = 0, 1, 2  # MAX-reduced: a cancel beats a checkpoint
-
-
-@dataclass(frozen=True)
-class Rank:
-    """This process's place in a launch (the variables torchrun sets)."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-
-
-def launched_processes() -> int:
-    """How many processes the launch this one belongs to has (1 outside torchrun/--nproc)."""
-    try:
-        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
-    except ValueError:
-        return 1
-
-
-def check_processes(batch_size: int, processes: int) -> None:
-    """The global batch is shared out by rows: every process gets the same number."""
-    if processes < 1:
-        raise ValueError(f"--nproc must be >= 1, got {processes}")
-    if batch_size % processes:
-        raise ValueError(
-            f"batch_size {batch_size} does not divide by {processes} processes: each process "
-            f"trains batch_size / processes rows (try --batch-size "
-            f"{max(processes, batch_size // processes * processes)})"
-        )
-
-
-def join(cfg: TrainConfig) -> tuple[TrainConfig, Rank]:
-    """Join the launch's process group (gloo on CPU, nccl on CUDA: one GPU per local rank).
-
-    Returns the config with this rank's device.
-    """
-    rank = Rank(
-        rank=int(os.environ["RANK"]),
-        world_size=int(os.environ["WORLD_SIZE"]),
-        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-    )
-    try:
-        device = resolve_device(cfg.device)
-    except RuntimeError as e:
-        raise TrainingError(str(e)) from None
-    if device.type == "cuda":
-        device = torch.device("cuda", rank.local_rank)
-        torch.cuda.set_device(device)
-        cfg = replace(cfg, device=str(device))
-        dist.init_process_group("nccl", device_id=device)
-    else:
-        cfg = replace(cfg, device="cpu")
-        dist.init_process_group("gloo")
-    return cfg, rank
-
-
-def leave() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def rank_rows(data: Tensor, rank: int, world_size: int) -> Tensor:
-    """Rank `rank`'s block of rows of a batchified [B, ...] tensor (dim 0 split in order)."""
-    rows = data.shape[0] // world_size
-    return data[rank * rows : (rank + 1) * rows].contiguous()
-
-
-def _hidden_rows(hidden: Hidden, rank: int, world_size: int) -> Hidden:
-    """The rows of a carried state [layers, B, H] (or an LSTM's pair) that belong to `rank`."""
-    if hidden is None:
-        return None
-    if isinstance(hidden, tuple):
-        h, c = (rank_rows(x.transpose(0, 1), rank, world_size).transpose(0, 1) for x in hidden)
-        return h.contiguous(), c.contiguous()
-    return rank_rows(hidden.transpose(0, 1), rank, world_size).transpose(0, 1).contiguous()
 
 
 def _rank_seed(seed: int, rank: int) -> int:
@@ -315,7 +238,7 @@ class DistributedTrainer(Trainer):
         rows = None if restored.hidden is None else _rows_of(restored.hidden)
         if rows is not None and rows != self.batch_size:
             raise TrainingError(f"the checkpoint's state has {rows} rows, not {self.batch_size}")
-        self.hidden = _hidden_rows(restored.hidden, self.rank, self.world)
+        self.hidden = hidden_rows(restored.hidden, self.rank, self.world)
         if self.rank:
             own = tensors.get(f"rank.{self.rank}.rng.cpu")
             if own is not None:

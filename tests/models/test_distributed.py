@@ -42,13 +42,9 @@ from models.checkpoint import checkpoint_path
 from models.corpus import Corpus, corpus_from_text
 from models.train import STOP_CHECKPOINT, TrainConfig, Trainer, TrainingCancelled, train
 from models.train.cli import main as cli_main
-from models.train.distributed import (
-    DistributedTrainer,
-    _hidden_rows,
-    check_processes,
-    rank_rows,
-)
+from models.train.distributed import DistributedTrainer
 from models.train.launch import exit_code
+from models.train.ranks import check_processes, hidden_rows, rank_rows
 from models.train.state import saved_step
 from tests.helpers import free_port
 
@@ -166,10 +162,10 @@ def test_rows_are_shared_out_in_order() -> None:
     assert all(p.shape == (2, 5) for p in parts)
     h = torch.randn(2, 8, 3)  # [layers, B, H]
     pair = (h, h + 1)
-    got = [_hidden_rows(pair, r, 2) for r in range(2)]
+    got = [hidden_rows(pair, r, 2) for r in range(2)]
     assert torch.equal(torch.cat([g[0] for g in got], dim=1), h)
     assert torch.equal(torch.cat([g[1] for g in got], dim=1), h + 1)
-    assert _hidden_rows(None, 1, 2) is None
+    assert hidden_rows(None, 1, 2) is None
 
 
 def test_batch_must_divide_by_the_processes() -> None:
