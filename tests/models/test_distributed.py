@@ -18,6 +18,7 @@ instead of the global one (what a wrong split of the rows amounts to) is off by 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -25,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -132,7 +134,7 @@ def ddp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ctx = mp.start_processes(
         _rank, args=(2, free_port(), str(out)), nprocs=2, join=False, start_method="spawn"
     )
-    deadline = time.monotonic() + 240  # it took ~50 s on 2 cores with the load average at 15
+    deadline = time.monotonic() + 480  # it took 40-90 s on 2 cores at load averages 15-33
     while not ctx.join(timeout=1.0):
         if time.monotonic() > deadline:
             for p in ctx.processes:
@@ -288,16 +290,25 @@ def test_cli_stops_every_rank_with_a_checkpoint_and_one_process_resumes_it(
         stderr=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its own process group: the ranks go with it
     )
+
+    def end_all() -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launcher.pid, signal.SIGKILL)
+
+    watchdog = threading.Timer(480, end_all)  # a hang fails the test, never blocks it
+    watchdog.start()
     try:
         assert launcher.stderr is not None
         for line in launcher.stderr:  # rank 0 says so once every rank has joined
             if line.startswith("corpus:"):
                 break
         launcher.send_signal(signal.SIGTERM)  # the launcher passes it to the ranks
-        out, err = launcher.communicate(timeout=120)
+        out, err = launcher.communicate()
     finally:
-        launcher.kill()
+        watchdog.cancel()
+        end_all()
     assert launcher.returncode == 130, err
     assert "stopped at step" in err and out == ""
     step = saved_step(ckdir)
