@@ -33,6 +33,7 @@ from models.corpus import Corpus
 from models.device import resolve_device
 from models.evaluate import final_metrics, nll_sum
 from models.lm import RNNLM
+from models.regularize import Regularization, train_forward
 
 from .check import HeldOutCheck
 from .config import STOP_CHECKPOINT, TrainConfig, TrainingCancelled, TrainingError, TrainResult
@@ -110,8 +111,9 @@ class Trainer:
             self.model.decoder.bias.data = (counts / counts.sum()).log().float()
         self.model.to(self.device).train()
         params = self.model.parameters()
-        if cfg.optimizer == "adam":
-            self.opt: torch.optim.Optimizer = torch.optim.Adam(
+        if cfg.optimizer in ("adam", "adamw"):
+            adam = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+            self.opt: torch.optim.Optimizer = adam(
                 params, lr=cfg.effective_lr, weight_decay=cfg.weight_decay
             )
         else:
@@ -119,6 +121,7 @@ class Trainer:
 
         # Far worse than guessing uniformly (loss log V): the run has blown up even while the
         # numbers are still finite.
+        self.reg = Regularization.from_config(cfg)
         self.diverged_loss = 10.0 * math.log(vocab_size) + 10.0
         n = corpus.train.numel()
         # A tiny corpus gets fewer rows rather than failing: each row needs 2+ tokens.
@@ -230,10 +233,11 @@ class Trainer:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
         try:
             with autocast:
-                logits, hidden = self.model(x, self.hidden)
+                logits, hidden, penalty = train_forward(self.model, x, self.hidden, self.reg)
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            # AR/TAR shape the gradient only: the loss reported and checked is the plain one.
+            (loss if penalty is None else loss + penalty).backward()
             if self.cfg.effective_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.effective_clip)
             self.opt.step()
