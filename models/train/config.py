@@ -14,13 +14,13 @@ from models.tokenizer import Tokenizer
 
 STOP_CANCEL = "cancel"
 STOP_CHECKPOINT = "checkpoint"
-OPTIMIZERS = ("adam", "sgd", "adamw")
+OPTIMIZERS = ("adam", "sgd", "adamw", "ntasgd")
 SCHEDULES = ("plateau", "cosine")
-DEFAULT_LR = {"adam": 3e-3, "sgd": 1.0, "adamw": 3e-3}
+DEFAULT_LR = {"adam": 3e-3, "sgd": 1.0, "adamw": 3e-3, "ntasgd": 1.0}
 # Gradient-norm clipping thresholds. Adam is insensitive to the gradient's scale, and a tight
 # clip there reweights steps (on the built-in corpus 0.5 slowed learning the long-range link
 # markedly); plain SGD needs the tight clip to stay stable.
-DEFAULT_CLIP = {"adam": 5.0, "sgd": 0.5, "adamw": 5.0}
+DEFAULT_CLIP = {"adam": 5.0, "sgd": 0.5, "adamw": 5.0, "ntasgd": 0.5}
 
 
 class TrainingError(Exception):
@@ -86,7 +86,12 @@ class TrainConfig:
         above=True,
         request=True,
     )
-    optimizer: str = "adam"  # adamw: Adam with decoupled weight_decay
+    # adamw: Adam with decoupled weight_decay; ntasgd: SGD, then the iterate average
+    # (models.averaging) once validation stops improving.
+    optimizer: str = "adam"
+    asgd_nonmono: int = knob(
+        5, "ntasgd: start averaging when validation is worse than all but the last N.", low=1
+    )
     weight_decay: float = knob(
         0.0, "Weight decay: an L2 term for adam and sgd, decoupled for adamw.", low=0.0
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,8 +11,10 @@ import pytest
 import torch
 
 from models import store
+from models.averaging import IterateAverage
 from models.builtin import builtin_text
 from models.corpus import Corpus
+from models.evaluate import nll_sum
 from models.recipes import RECIPES, recipe_settings
 from models.train import STOP_CHECKPOINT, TrainConfig, TrainingCancelled, train
 from models.train.cli import main
@@ -140,4 +143,94 @@ def test_resume_under_the_recipe_reproduces_the_uninterrupted_run(
     drop = {"tokens_per_s", "seconds"}
     assert [{k: v for k, v in h.items() if k not in drop} for h in resumed.history] == [
         {k: v for k, v in h.items() if k not in drop} for h in whole.history
+    ]
+
+
+def test_iterate_average_is_the_mean_and_applied_restores() -> None:
+    model = torch.nn.Linear(3, 2)
+    avg = IterateAverage()
+    avg.update(model)  # not started: nothing happens
+    assert not avg.active and avg.items() == []
+    seen = []
+    avg.start(model)
+    seen.append(model.weight.detach().clone())
+    for _ in range(3):
+        with torch.no_grad():
+            model.weight.add_(torch.randn_like(model.weight))
+        avg.update(model)
+        seen.append(model.weight.detach().clone())
+    own = model.weight.detach().clone()
+    assert torch.allclose(dict(avg.items())["weight"], torch.stack(seen).mean(0), atol=1e-6)
+    with pytest.raises(RuntimeError), avg.applied(model):
+        assert torch.allclose(model.weight, torch.stack(seen).mean(0), atol=1e-6)
+        raise RuntimeError("validation failed")
+    assert torch.equal(model.weight, own)
+    tensors, meta = avg.to_checkpoint()
+    again = IterateAverage()
+    again.load_checkpoint(model, tensors, meta, torch.device("cpu"))
+    assert again.count == 4 and torch.equal(
+        dict(again.items())["weight"], dict(avg.items())["weight"]
+    )
+    with pytest.raises(ValueError, match="do not fit"):
+        again.load_checkpoint(torch.nn.Linear(3, 4), tensors, meta, torch.device("cpu"))
+
+
+def _ntasgd(**kw) -> TrainConfig:
+    base = dict(
+        arch="gru",
+        embedding_size=48,
+        hidden_size=48,
+        batch_size=4,
+        bptt=10,
+        epochs=8,  # validation on this tiny corpus turns worse at epoch 6
+        optimizer="ntasgd",
+        lr=4.0,
+        asgd_nonmono=1,
+        lr_decay=1.0,
+        early_stop=0,
+        device="cpu",
+        num_threads=1,
+        progress_interval_s=0.0,
+        keep_best=False,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def test_ntasgd_averages_once_validation_stalls_and_resumes_exactly(
+    tiny: Corpus, tmp_path: Path
+) -> None:
+    cfg = _ntasgd()
+    whole = train(cfg, tiny)
+    averaged = [h for h in whole.history if "averaged_steps" in h]
+    assert averaged, "validation never stalled: the test needs a run where averaging starts"
+    first = whole.history.index(averaged[0])
+    # It started after an epoch worse than the best before it.
+    before = whole.history[first - 1]
+    assert before["val_ppl"] > min(h["val_ppl"] for h in whole.history[: first - 1])
+    steps = whole.metrics["steps"]
+    stop_at = [whole.history[first]["step"] - 3, steps - 2]  # both while averaging
+    seen = {"step": 0}
+
+    def callback(progress: dict) -> None:
+        seen["step"] = progress["step"]
+
+    def should_stop() -> str | None:
+        if stop_at and seen["step"] >= stop_at[0]:
+            stop_at.pop(0)
+            return STOP_CHECKPOINT
+        return None
+
+    ckdir = str(tmp_path / "ck")
+    for _ in range(2):
+        with pytest.raises(TrainingCancelled):
+            train(cfg, tiny, callback=callback, should_stop=should_stop, checkpoint_dir=ckdir)
+    resumed = train(cfg, tiny, callback=callback, should_stop=should_stop, checkpoint_dir=ckdir)
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["val_ppl"] for h in resumed.history] == [h["val_ppl"] for h in whole.history]
+    # The run ends with the averaged weights: they score what the last validation reported.
+    total, count = nll_sum(whole.model, tiny.valid, cfg.eval_batch_size, cfg.bptt)
+    assert math.isclose(math.exp(total / count), whole.history[-1]["val_ppl"], rel_tol=1e-6)
+    assert [h.get("averaged_steps") for h in resumed.history] == [
+        h.get("averaged_steps") for h in whole.history
     ]
