@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipe", default="wt2-medium", help="the models.recipes recipe")
     p.add_argument("--kinds", default=",".join(KINDS), help="comma-separated kinds to train")
     p.add_argument(
-        "--budget-s", type=float, help="training seconds per kind (default 300; dry run 20)"
+        "--budget-s", type=float, help="training seconds per kind (default 280; dry run 20)"
     )
     p.add_argument(
         "--calibrate-steps", type=int, help="steps of each calibration (default 150; dry run 4)"
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here: use --device cpu --dry-run to check the script")
-    budget = args.budget_s if args.budget_s is not None else (20.0 if args.dry_run else 300.0)
+    budget = args.budget_s if args.budget_s is not None else (20.0 if args.dry_run else 280.0)
     cal_steps = args.calibrate_steps or (4 if args.dry_run else 150)
     kinds = [k for k in args.kinds.split(",") if k]
     args.out.mkdir(parents=True, exist_ok=True)
