@@ -1,7 +1,8 @@
 """`python -m models.train`: train one model and save it as a new version in the store.
 
 With --builtin the recipe of the embedded defaults (models.defaults) is the starting point, so
-`--arch gru --builtin` trains the default GRU again; flags override single settings.
+`--arch gru --builtin` trains the default GRU again; `--recipe NAME` lays a named recipe's
+settings (models.recipes, docs/recipes.md) over that; flags override single settings.
 Progress goes to stderr (a tqdm bar); the last line on stdout is a JSON summary
 {"name", "version", "metrics", "seconds"}. Ctrl-C (or SIGTERM) stops after the current step;
 with --checkpoint-dir a checkpoint is written first and the same command resumes from it.
