@@ -157,7 +157,6 @@ def test_checkpoint_written_each_epoch_and_refused_for_another_config(
         train(small(epochs=2, hidden_size=32), tiny, checkpoint_dir=str(tmp_path))
 
 
-
 def test_checkpoint_from_before_a_setting_existed_resumes_while_it_has_its_default(
     tiny: Corpus, tmp_path: Path
 ) -> None:
@@ -181,6 +180,7 @@ def test_checkpoint_from_before_a_setting_existed_resumes_while_it_has_its_defau
         train(small(epochs=2, weight_drop=0.3), tiny, checkpoint_dir=str(ckdir))
     resumed = train(cfg, tiny, checkpoint_dir=str(ckdir))
     assert same_weights(weights(whole.model), weights(resumed.model))
+
 
 def test_cancel_stops_promptly_without_checkpoint(tiny: Corpus, tmp_path: Path) -> None:
     callback, should_stop = _stopper([3], STOP_CANCEL)
