@@ -34,6 +34,8 @@ import models.train.state as train_state
 from models import checkpoint as ckpt
 from models.corpus import Corpus
 from models.evaluate import nll_sum
+from models.lm import RNNLM
+from models.regularize import Regularization, train_forward
 
 from .config import STOP_CHECKPOINT, TrainConfig, TrainingCancelled, TrainingError, TrainResult
 from .loop import Trainer
@@ -80,7 +82,10 @@ class DistributedTrainer(Trainer):
         # goes through a gloo group, so it never waits for the GPU's queue.
         self.control = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
         ids = [self.device.index] if self.device.type == "cuda" else None
-        self.net = DistributedDataParallel(self.model, device_ids=ids)
+        self.net = DistributedDataParallel(_StepForward(self.model, self.reg), device_ids=ids)
+
+    def _forward(self, x: Tensor) -> tuple[Tensor, Any, Tensor | None]:
+        return self.net(x, self.hidden)  # through DDP, whose hooks average the gradients
 
     # ---- agreement ---------------------------------------------------------------------
 
@@ -188,6 +193,8 @@ class DistributedTrainer(Trainer):
                 fingerprint=train_state.fingerprint(self.cfg, self.corpus),
                 elapsed=self.elapsed_before + time.monotonic() - self.session_start,
             )
+            avg_tensors, meta["average"] = self.average.to_checkpoint()
+            tensors.update(avg_tensors)
             tensors.update(rngs)
             meta["processes"] = self.world
             ckpt.save_checkpoint(self.checkpoint_dir, tensors, meta)
@@ -235,6 +242,10 @@ class DistributedTrainer(Trainer):
             where=str(self.checkpoint_dir),
         )
         self.best_state, self.elapsed_before = restored.best_state, restored.elapsed
+        try:
+            self.average.load_checkpoint(self.model, tensors, meta.get("average"), self.device)
+        except ValueError as e:
+            raise TrainingError(f"checkpoint in {self.checkpoint_dir} is inconsistent: {e}") from e
         rows = None if restored.hidden is None else _rows_of(restored.hidden)
         if rows is not None and rows != self.batch_size:
             raise TrainingError(f"the checkpoint's state has {rows} rows, not {self.batch_size}")
@@ -258,7 +269,9 @@ class DistributedTrainer(Trainer):
             result.metrics["processes"] = self.world
             return result
         # The other ranks hold the same weights; the final evaluation is rank 0's alone.
-        if self.best_state is not None:
+        if self.best_state is None:
+            self.average.copy_to(self.model)
+        else:
             state = dict(self.best_state)
             if self.model.cfg.tied:
                 state["decoder.weight"] = state["embedding.weight"]
@@ -271,6 +284,17 @@ class DistributedTrainer(Trainer):
             metrics={"processes": self.world, "rank": self.rank},
             history=list(self.loop.history),
         )
+
+
+class _StepForward(torch.nn.Module):
+    """The training step's forward (regularised or not) as the module DDP wraps."""
+
+    def __init__(self, model: RNNLM, reg: Regularization) -> None:
+        super().__init__()
+        self.model, self.reg = model, reg
+
+    def forward(self, x: Tensor, hidden: Hidden) -> tuple[Tensor, Any, Tensor | None]:
+        return train_forward(self.model, x, hidden, self.reg)
 
 
 def _rows_of(hidden: Tensor | tuple[Tensor, Tensor]) -> int:
