@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -88,6 +89,25 @@ def _floats(pattern: str, text: str) -> list[float]:
     return [float(m) for m in re.findall(pattern, text)]
 
 
+def _timed(
+    cmd: list[str], cwd: Path, threads: int
+) -> tuple[subprocess.CompletedProcess, float, float]:
+    """Run `cmd`; returns it with its wall and CPU seconds (user + system, all threads).
+
+    On a machine others load, CPU seconds are the fairer speed: a program's wall time then
+    depends on the share of the cores it got.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.monotonic()
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=cwd, env=_env(threads), check=False
+    )
+    wall = time.monotonic() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return out, wall, cpu
+
+
 def _env(threads: int) -> dict[str, str]:
     env = dict(os.environ)
     if threads:
@@ -103,11 +123,7 @@ def run_peer(arch: str, data: Path, work: Path, threads: int) -> dict[str, Any]:
     cmd += ["--log-interval", str(_LOG_INTERVAL)]
     if arch in PEER_LR:
         cmd += ["--lr", str(PEER_LR[arch])]
-    start = time.monotonic()
-    out = subprocess.run(
-        cmd, capture_output=True, text=True, cwd=work, env=_env(threads), check=False
-    )
-    wall = time.monotonic() - start
+    out, wall, cpu = _timed(cmd, work, threads)
     if out.returncode != 0:
         raise RuntimeError(f"peer failed ({out.returncode}):\n{out.stdout[-2000:]}{out.stderr}")
     ms = _floats(r"ms/batch\s+([\d.]+)", out.stdout)
@@ -121,6 +137,7 @@ def run_peer(arch: str, data: Path, work: Path, threads: int) -> dict[str, Any]:
         "test_ppl": _floats(r"test ppl\s+([\d.]+)", out.stdout)[-1],
         "epoch_s": _floats(r"time:\s+([\d.]+)s", out.stdout)[-1],  # training + validation
         "wall_s": wall,
+        "cpu_s": cpu,
     }
 
 
@@ -133,11 +150,7 @@ def run_ours(arch: str, data: Path, work: Path, threads: int, extra: list[str]) 
     cmd += ["--batch-size", str(SIZE["batch_size"]), "--bptt", str(SIZE["bptt"]), *extra]
     if threads:
         cmd += ["--num-threads", str(threads)]
-    start = time.monotonic()
-    out = subprocess.run(
-        cmd, capture_output=True, text=True, cwd=REPO, env=_env(threads), check=False
-    )
-    wall = time.monotonic() - start
+    out, wall, cpu = _timed(cmd, REPO, threads)
     if out.returncode != 0:
         raise RuntimeError(f"ours failed ({out.returncode}):\n{out.stdout[-2000:]}{out.stderr}")
     m = json.loads(out.stdout.strip().splitlines()[-1])["metrics"]
@@ -148,6 +161,7 @@ def run_ours(arch: str, data: Path, work: Path, threads: int, extra: list[str]) 
         "test_ppl": m["test_ppl"],
         "train_s": m["train_seconds"],
         "wall_s": wall,
+        "cpu_s": cpu,
     }
 
 
@@ -199,8 +213,8 @@ def format_summary(runs: list[dict[str, Any]]) -> str:
     """One markdown row per (arch, round): both programs' figures and ours/peer ratios."""
     rows = [
         "| arch | round | peer tok/s | ours tok/s | speed ours/peer | peer valid | "
-        "ours valid | valid ours/peer | peer wall s | ours wall s | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "ours valid | valid ours/peer | peer wall s | ours wall s | CPU s ours/peer | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for peer, ours in zip(runs[::2], runs[1::2], strict=True):
         rows.append(
@@ -208,7 +222,8 @@ def format_summary(runs: list[dict[str, Any]]) -> str:
             f"{ours['tokens_per_s']:,.0f} | {ours['tokens_per_s'] / peer['tokens_per_s']:.2f} | "
             f"{peer['val_ppl']:.1f} | {ours['val_ppl']:.1f} | "
             f"{ours['val_ppl'] / peer['val_ppl']:.2f} | {peer['wall_s']:.0f} | "
-            f"{ours['wall_s']:.0f} | {peer['load']:.1f}/{ours['load']:.1f} |"
+            f"{ours['wall_s']:.0f} | {ours['cpu_s'] / peer['cpu_s']:.2f} | "
+            f"{peer['load']:.1f}/{ours['load']:.1f} |"
         )
     return "\n".join(rows)
 
