@@ -56,6 +56,14 @@ class EmptyFeed(ValueError):
     """The fed text holds no tokens: there is nothing to advance the state with."""
 
 
+class SessionStoreUnavailable(RuntimeError):
+    """A shared session store (Redis) did not answer: the caller may try again shortly."""
+
+
+class SessionBusy(RuntimeError):
+    """Other feeds to the same session kept winning the race; the caller may try again."""
+
+
 @dataclass(eq=False)
 class Session:
     id: str
@@ -213,6 +221,21 @@ class SessionStore:
                 session.last_used = self._clock()
                 self._sessions.move_to_end(session.id)
         return made
+
+    # The `SessionBackend` surface (service.session_store), which a shared store implements
+    # with network round trips: here each is the synchronous call, with nothing to wait for.
+    async def create_session(self, loaded: LoadedModel) -> Session:
+        return self.create(loaded)
+
+    async def authorize_session(self, session_id: str, token: str | None) -> Session:
+        return self.authorize(session_id, token)
+
+    async def delete_session(self, session_id: str, token: str | None) -> None:
+        self.authorize(session_id, token)
+        self.delete(session_id)
+
+    async def session_alive(self, session_id: str) -> bool:
+        return self.alive(session_id)
 
     def sweep(self) -> int:
         """Drop every expired session; returns how many."""
