@@ -11,6 +11,7 @@ from models.tokenizer import Encoded
 from ..sessions import FeedResult, Session
 
 T = TypeVar("T")
+Resolve = Callable[[str, int], LoadedModel]  # a session's pinned name and version -> the model
 
 
 class SessionBackend(Protocol):

@@ -49,12 +49,12 @@ from ..sessions import (
 )
 from ..steps import Step
 from . import lua
+from .base import Resolve
 from .codec import PackedState, StateFormatError, pack, unpack
 
 log = logging.getLogger("gatehouse.sessions")
 
 T = TypeVar("T")
-Resolve = Callable[[str, int], LoadedModel]  # model name, version -> the loaded version
 
 # What `secrets.token_urlsafe` makes: anything else cannot be a session id, no lookup needed.
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
