@@ -98,7 +98,9 @@ class RedisSessionStore:
         self._step = step
         self._resolve = resolve
         self._on_count = on_count
-        self._sweep_every = sweep_interval_s or min(30.0, max(0.05, ttl_s / 4))
+        # Often: the sweep is one cheap script, and it is how this replica's per-model gauge
+        # learns of sessions other replicas opened or ended.
+        self._sweep_every = sweep_interval_s or min(5.0, max(0.05, ttl_s / 4))
         # Timeouts bound every call: a Redis that stops answering gives a 503, never a hang.
         self._redis = aioredis.Redis.from_url(
             url,
