@@ -11,6 +11,9 @@ concurrently and batch together in the step function.
 Every session has a secret token, made with it: `authorize` is the lookup for callers acting
 for a client, and refuses (SessionForbidden) one that does not present that token, compared in
 constant time, so holding a session id alone neither reads, feeds nor ends it.
+
+This is the default store, in this process's memory; `service.session_store` chooses between
+it and the Redis one every replica shares (`SessionBackend`, the async methods below).
 """
 
 from __future__ import annotations
