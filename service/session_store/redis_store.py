@@ -145,14 +145,11 @@ class RedisSessionStore:
         )
 
     async def authorize_session(self, session_id: str, token: str | None) -> Session:
-        fields = await self._fetch(session_id)
-        # compare_digest takes the same time wherever the digests differ.
-        if token is None or not hmac.compare_digest(_digest(token), fields.get(b"token", b"")):
-            raise SessionForbidden(session_id)
-        return self._snapshot(session_id, fields)
+        return self._snapshot(session_id, await self._owned(session_id, token))
 
     async def delete_session(self, session_id: str, token: str | None) -> None:
-        await self.authorize_session(session_id, token)
+        # No model lookup: a session pinned to a version gone from the store still ends.
+        await self._owned(session_id, token)
         keys = [self._key(session_id), self._index]
         deleted, model, count = await self._call(
             self._delete(keys=keys, args=[session_id, self._model_prefix])
@@ -283,6 +280,14 @@ class RedisSessionStore:
     # ---- helpers -----------------------------------------------------------------------
     def _key(self, session_id: str) -> str:
         return self._session_prefix + session_id
+
+    async def _owned(self, session_id: str, token: str | None) -> dict[bytes, bytes]:
+        """The session's fields, only for its own token (the lookup counts as use)."""
+        fields = await self._fetch(session_id)
+        # compare_digest takes the same time wherever the digests differ.
+        if token is None or not hmac.compare_digest(_digest(token), fields.get(b"token", b"")):
+            raise SessionForbidden(session_id)
+        return fields
 
     async def _fetch(self, session_id: str) -> dict[bytes, bytes]:
         if not _ID.match(session_id):

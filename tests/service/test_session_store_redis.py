@@ -15,6 +15,7 @@ import torch
 
 from models.store import LoadedModel
 from service.batcher import DynamicBatcher
+from service.exposure import _masked
 from service.session_store import make_session_store
 from service.session_store.codec import PackedState, StateFormatError, pack, unpack
 from service.session_store.redis_store import RedisSessionStore
@@ -25,6 +26,8 @@ from service.sessions import (
     SessionStore,
     SessionStoreUnavailable,
 )
+from service.settings import Settings
+from service.settings_load import SettingsProblem, load
 from service.steps import Step, StepResult, run_steps
 from tests.daemons.redis import RedisServer, redis_server
 from tests.helpers import free_port
@@ -85,6 +88,22 @@ def test_the_setting_picks_the_backend(tmp_path: Path, redis_url: str) -> None:
         lambda n, v: None,  # type: ignore[arg-type,return-value]
     )
     assert isinstance(shared, RedisSessionStore) and shared.max_sessions == 7
+
+
+def test_the_setting_takes_memory_or_a_redis_url_and_never_shows_a_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert Settings(session_store=" redis://h:6379/0 ").session_store == "redis://h:6379/0"
+    for ok in ("memory", "rediss://u:p@h/1", "unix:///run/redis.sock?db=2"):
+        assert Settings(session_store=ok).session_store == ok
+    monkeypatch.setenv("GATEHOUSE_SESSION_STORE", "http://:hunter2@h/0")
+    with pytest.raises(SettingsProblem) as caught:
+        load({"model_dir": tmp_path})
+    assert "hunter2" not in str(caught.value) and "session_store" in str(caught.value)
+    assert "redis://" in str(caught.value)  # says what it wants
+    title = _masked(["service", "--session-store", "redis://:hunter2@h:6379/0", "--port", "1"])
+    assert "hunter2" not in " ".join(title) and "redis://***@h:6379/0" in title
+    assert "hunter2" not in " ".join(_masked(["service", "--session-store=redis://:hunter2@h"]))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
