@@ -105,11 +105,17 @@ async def _open(client: httpx.AsyncClient, n: int) -> list[tuple[str, str]]:
 
 
 async def _feed(client: httpx.AsyncClient, sid: str, token: str, word: str) -> bool:
-    r = await client.post(
-        f"/sessions/{sid}/feed",
-        json={"text": word, "top_k": 5},
-        headers={"x-session-token": token},
-    )
+    try:
+        r = await client.post(
+            f"/sessions/{sid}/feed",
+            json={"text": word, "top_k": 5},
+            headers={"x-session-token": token},
+        )
+    except httpx.TransportError as e:  # counted as a failed feed, and named
+        print(f"feed failed: {type(e).__name__}: {e}")
+        return False
+    if r.status_code != 200:
+        print(f"feed failed: {r.status_code} {r.text[:200]}")
     return r.status_code == 200
 
 
