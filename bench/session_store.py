@@ -16,7 +16,12 @@ meet the same machine:
 Each figure is the median over `--rounds`. Target: a Redis-backed feed costs at most 1.3x the
 in-memory one (c=1 p50 latency ratio; c=N req/s ratio inverted; CPU per feed ratio).
 
+`--in-process` measures the stores alone, without HTTP: one process, the real batcher, a
+real redis-server; the CPU time of this process per sequential feed (lookup + step + keep),
+memory and Redis taking turns in windows of 100 feeds.
+
     python -m bench.session_store [--rounds 5 --seconds 5 --concurrency 32 --hidden 650 --layers 2]
+    python -m bench.session_store --in-process [--rounds 6]
 """
 
 from __future__ import annotations
@@ -180,6 +185,62 @@ async def _run(backends: list[Backend], args: argparse.Namespace, redis_pid: int
             await _cn(b, args.seconds, rng, redis_pid)
 
 
+async def _in_process(model_dir: Path, url: str, rounds: int) -> dict[str, list[float]]:
+    from service.batcher import DynamicBatcher
+    from service.session_store.redis_store import RedisSessionStore
+    from service.sessions import SessionStore
+    from service.steps import run_steps
+
+    loaded = store.load_version(model_dir, NAME, 1)
+    batcher: DynamicBatcher = DynamicBatcher(
+        lambda m, steps: run_steps(m.model, steps), max_batch_size=16, max_queue=100
+    )
+    stores = {
+        "memory": SessionStore(batcher.submit),
+        "redis": RedisSessionStore(url, batcher.submit, lambda n, v: loaded),
+    }
+    enc = loaded.tokenizer.encode("the")
+    opened = {}
+    for name, st in stores.items():
+        opened[name] = await st.create_session(loaded)
+        for _ in range(10):  # warm
+            s = opened[name]
+            await st.feed_with(await st.authorize_session(s.id, s.token), enc, id)
+    cpu: dict[str, list[float]] = {name: [] for name in stores}
+    for r in range(rounds):
+        for name in stores if r % 2 == 0 else reversed(stores):
+            st, s = stores[name], opened[name]
+            start = time.process_time()
+            for _ in range(100):
+                await st.feed_with(await st.authorize_session(s.id, s.token), enc, id)
+            cpu[name].append((time.process_time() - start) / 100 * 1e3)
+    await stores["redis"].close()
+    await batcher.close()
+    return cpu
+
+
+def in_process_main(args: argparse.Namespace) -> int:
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="gatehouse-session-store-") as tmp:
+        folder = Path(tmp)
+        cfg = build_model(folder / "models", args.hidden, args.layers)
+        redis_proc, url = start_redis(folder)
+        try:
+            load = os.getloadavg()
+            cpu = asyncio.run(_in_process(folder / "models", url, args.rounds))
+        finally:
+            redis_proc.terminate()
+            redis_proc.wait(10)
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores; load average at start {load[0]:.1f}")
+    print(f"model: lstm {cfg.num_layers}x{cfg.hidden_size}; 1 torch thread; {args.rounds} rounds")
+    for name, values in cpu.items():
+        shown = ", ".join(f"{v:.2f}" for v in values)
+        print(f"{name}: CPU ms per feed, median {statistics.median(values):.2f} ({shown})")
+    ratio = statistics.median(cpu["redis"]) / statistics.median(cpu["memory"])
+    print(f"redis / memory: {ratio:.2f}x (target <= 1.3)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.session_store", description=__doc__)
     p.add_argument("--rounds", type=int, default=5)
@@ -188,7 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--hidden", type=int, default=650)
     p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--in-process", action="store_true", help="the stores alone, no HTTP")
     args = p.parse_args(argv)
+    if args.in_process:
+        return in_process_main(args)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="gatehouse-session-store-") as tmp:
         folder = Path(tmp)
