@@ -173,9 +173,26 @@ def test_workers_with_shared_stores_serve_and_stop(tmp_path: Path) -> None:
             server.wait_ready(timeout=150)
             created = httpx.post(server.url + "/sessions", json={"model": "lstm"}, timeout=30)
             assert created.status_code == 201, created.text
-            for _ in range(6):
-                r = httpx.post(server.url + "/predict", json={"text": "the sky"}, timeout=30)
-                assert r.status_code == 200
+            sid = created.json()["session_id"]
+            headers = {"X-Session-Token": created.json()["session_token"]}
+            words = "the keys to the old cabinet are on the".split()
+            for word in words:  # a new connection each: the feeds land on either worker
+                fed = httpx.post(
+                    f"{server.url}/sessions/{sid}/feed",
+                    json={"text": word, "top_k": 5},
+                    headers=headers,
+                    timeout=30,
+                )
+                assert fed.status_code == 200, fed.text
+            whole = httpx.post(
+                server.url + "/predict",
+                json={"model": "lstm", "text": " ".join(words), "top_k": 5},
+                timeout=30,
+            ).json()
+            got = {p["word"]: p["prob"] for p in fed.json()["predictions"]}
+            want = {p["word"]: p["prob"] for p in whole["predictions"]}
+            assert got.keys() == want.keys()
+            assert all(abs(got[w] - want[w]) <= 1e-5 for w in want), (got, want)
         finally:
             code = server.stop()
         assert code == 0, server.log()[-4000:]
