@@ -111,6 +111,12 @@ class Settings(BaseSettings):
     half: Literal["off", "bf16", "fp16"] = Field(
         "off", description="serve in half precision (bf16: CPU or CUDA; fp16: CUDA only)"
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="server processes sharing the port, each its own engine (>1: shared stores)",
+    )
     cors_origins: str = Field(
         "",
         description="comma-separated origins whose pages may call the API, e.g. "
