@@ -8,6 +8,7 @@ import logging
 import sys
 
 from .auth import KeyFileError, api_key
+from .redact import without_credentials
 from .settings import Settings
 
 log = logging.getLogger("gatehouse")
@@ -51,13 +52,14 @@ def _masked(argv: list[str]) -> list[str]:
         elif arg.startswith("--api-key="):
             out.append("--api-key=***")
         else:
-            out.append(arg)
+            out.append(without_credentials(arg))  # e.g. --session-store redis://:pw@host
     return out
 
 
 def hide_key_from_title(argv: list[str] | None = None) -> bool:
     """Rewrite the process title (what `ps` and /proc/<pid>/cmdline show) with the value of
-    `--api-key` masked; True when there was one to hide. The key still passed through the
+    `--api-key` and the password of any URL (`--session-store`) masked; True when there was
+    one to hide. The key still passed through the
     command line for an instant, so `api_key_file` or the environment is the safe way."""
     argv = sys.argv if argv is None else argv
     masked = _masked(argv)

@@ -14,7 +14,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -43,6 +43,17 @@ def _blank_is_none(value: Any) -> Any:
     if isinstance(raw, str) and not raw.strip():
         return None
     return value
+
+
+SESSION_STORE_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _session_store(value: str) -> str:
+    value = value.strip()
+    if value == "memory" or value.lower().startswith(SESSION_STORE_SCHEMES):
+        return value
+    # No echo of the value: it may be a URL with a password in it.
+    raise ValueError("must be memory or a redis://, rediss:// or unix:// URL")
 
 
 class _FileSource(PydanticBaseSettingsSource):
@@ -99,6 +110,12 @@ class Settings(BaseSettings):
     )
     half: Literal["off", "bf16", "fp16"] = Field(
         "off", description="serve in half precision (bf16: CPU or CUDA; fp16: CUDA only)"
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="server processes sharing the port, each its own engine (>1: shared stores)",
     )
     cors_origins: str = Field(
         "",
@@ -169,6 +186,11 @@ class Settings(BaseSettings):
     )
     session_create_burst: int = Field(
         30, ge=1, le=1_000_000, description="sessions one client may open at once"
+    )
+    session_store: Annotated[str, AfterValidator(_session_store)] = Field(
+        "memory",
+        description="where sessions live: memory (this process) or a redis://, rediss:// or "
+        "unix:// URL that every replica shares",
     )
 
     # Training jobs.

@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
+from .redact import without_credentials
 from .settings import ENV_PREFIX, Settings, build, env_name
 from .settings_flags import add_settings_flags, allowed_text, flag_name, is_secret
 
@@ -128,6 +129,10 @@ def explain(
             where = _source(field, flags, environ, config_path)
             value = detail.get("input")
             shown = "***" if is_secret(fields[field]) else repr(value)
+            shown = without_credentials(shown)  # a store URL's password stays out of it
+            if detail["type"] == "value_error":  # a field's own check says what it wants
+                reason = str(detail["msg"]).removeprefix("Value error, ")
+                return f"invalid {field} = {shown} (from {where}): {reason}"
             return (
                 f"invalid {field} = {shown} (from {where}): must be {allowed_text(fields[field])}"
             )
