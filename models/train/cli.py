@@ -6,6 +6,8 @@ settings (models.recipes, docs/recipes.md) over that; flags override single sett
 Progress goes to stderr (a tqdm bar); the last line on stdout is a JSON summary
 {"name", "version", "metrics", "seconds"}. Ctrl-C (or SIGTERM) stops after the current step;
 with --checkpoint-dir a checkpoint is written first and the same command resumes from it.
+--nproc N trains with N data-parallel processes (docs/distributed-training.md); so does
+`torchrun --nproc-per-node N -m models.train ...`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from models.help_format import HelpFormatter
 from models.json_values import json_safe
 from models.lm import ARCHS
 from models.recipes import RECIPES, recipe_settings
+from models.train import ranks
 from models.train.config import (
     OPTIMIZERS,
     STOP_CANCEL,
@@ -43,6 +46,7 @@ from models.train.config import (
     knob_type,
     knobs,
 )
+from models.train.distributed import train_distributed
 from models.train.loop import train
 
 
@@ -112,6 +116,13 @@ def _parser(prog: str = "python -m models.train") -> argparse.ArgumentParser:
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("--checkpoint-dir", help="resumable checkpoints here (resumes if present)")
     p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="data-parallel processes on this host (DDP: gloo on CPU, nccl on CUDA); "
+        "each trains batch_size / nproc rows",
+    )
+    p.add_argument(
         "--progress",
         choices=["auto", "bar", "none"],
         default="auto",
@@ -151,25 +162,39 @@ def _load_corpus(args: argparse.Namespace, cfg: TrainConfig) -> Corpus:
 def main(argv: list[str] | None = None, prog: str = "python -m models.train") -> int:
     args = _parser(prog).parse_args(argv)
     start = time.monotonic()
+    processes = ranks.launched_processes()  # > 1 in a rank of torchrun or --nproc
     try:
         # Fail on a bad name before training, not after; a version is the store's to pick.
         if store.parse_ref(args.name)[1] is not None:
             raise ValueError(f"--name {args.name!r}: give a name, not name@version")
         cfg = _config(args)
+        if processes > 1 and args.nproc not in (1, processes):
+            raise ValueError(f"--nproc {args.nproc} in a launch of {processes} processes")
+        ranks.check_processes(cfg.batch_size, max(processes, args.nproc))
+        if args.nproc > 1 and processes == 1:
+            from models.train.launch import launch
+
+            return launch(args.nproc, sys.argv[1:] if argv is None else list(argv))
         corpus = _load_corpus(args, cfg)
     except (ValueError, CorpusError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-
     stop_request: list[str] = []
 
     def on_signal(signum: int, frame: object) -> None:
         stop_request.append(STOP_CHECKPOINT if args.checkpoint_dir else STOP_CANCEL)
 
+    # Installed before a rank joins: once rank 0 has started, every rank handles a signal.
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    rank = 0
     try:
-        print(f"corpus: {corpus.description}, {len(corpus.tokenizer.vocab)} words", file=sys.stderr)
-        result = train(
+        if processes > 1:
+            cfg, joined = ranks.join(cfg)
+            rank = joined.rank
+        if rank == 0:
+            words = len(corpus.tokenizer.vocab)
+            print(f"corpus: {corpus.description}, {words} words", file=sys.stderr)
+        result = (train if processes == 1 else train_distributed)(
             cfg,
             corpus,
             should_stop=lambda: stop_request[0] if stop_request else None,
@@ -177,7 +202,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m models.train") ->
         )
     except TrainingCancelled as e:
         where = f"; resume with the same command ({args.checkpoint_dir})" if e.checkpointed else ""
-        print(f"stopped: {e}{where}", file=sys.stderr)
+        if rank == 0:
+            print(f"stopped: {e}{where}", file=sys.stderr)
         return 130
     except TrainingError as e:
         print(f"error: training failed: {e}", file=sys.stderr)
@@ -185,6 +211,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m models.train") ->
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        ranks.leave()
+    if rank != 0:
+        return 0  # rank 0 saves the version
 
     version = store.save_version(
         args.model_dir, args.name, result.model, result.tokenizer, build_meta(result, corpus)

@@ -249,7 +249,7 @@ class Trainer:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
         try:
             with autocast:
-                logits, hidden, penalty = train_forward(self.model, x, self.hidden, self.reg)
+                logits, hidden, penalty = self._forward(x)
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
             self.opt.zero_grad(set_to_none=True)
             # AR/TAR shape the gradient only: the loss reported and checked is the plain one.
@@ -343,9 +343,7 @@ class Trainer:
         tps = self._tokens_per_s()
         t0 = time.monotonic()
         with self.average.applied(self.model):  # once averaging, the average is what counts
-            total, count = nll_sum(
-                self.model, self.corpus.valid, self.cfg.eval_batch_size, self.cfg.bptt, self._poll
-            )
+            total, count = self._validation_nll()
         self.session_eval_s += time.monotonic() - t0
         val_loss = total / count
         if not math.isfinite(val_loss) or val_loss > self.diverged_loss:
@@ -396,6 +394,16 @@ class Trainer:
             info.update(epoch=entry["epoch"], val_ppl=val_ppl, train_loss=train_loss)
             self.callback(info)
 
+    def _forward(self, x: Tensor) -> tuple[Tensor, Any, Tensor | None]:
+        """The step's forward from the carried state: logits, next state, penalty or None."""
+        return train_forward(self.model, x, self.hidden, self.reg)
+
+    def _validation_nll(self) -> tuple[float, int]:
+        """Summed NLL of the validation text and its token count."""
+        return nll_sum(
+            self.model, self.corpus.valid, self.cfg.eval_batch_size, self.cfg.bptt, self._poll
+        )
+
     def _maybe_start_average(self, val_ppl: float) -> None:
         """NT-ASGD's trigger: validation worse than the best before the last asgd_nonmono."""
         n = self.cfg.asgd_nonmono
@@ -431,15 +439,19 @@ class Trainer:
                     continue
                 self._poll()
                 self._train_step()
-                now = time.monotonic()
-                if now - self.last_report >= self.cfg.progress_interval_s:
-                    self._report()
-                if now - self.last_checkpoint >= self.cfg.checkpoint_interval_s:
-                    self.save_checkpoint()
+                self._after_step()
         finally:
             if self.bar is not None:
                 self.bar.close()
         return self._finish()
+
+    def _after_step(self) -> None:
+        """Report and checkpoint when their intervals have passed."""
+        now = time.monotonic()
+        if now - self.last_report >= self.cfg.progress_interval_s:
+            self._report()
+        if now - self.last_checkpoint >= self.cfg.checkpoint_interval_s:
+            self.save_checkpoint()
 
     def _extend_for_check(self) -> bool:
         """Plan one more epoch when the check has not passed yet and its extra steps allow."""
