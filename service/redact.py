@@ -41,3 +41,16 @@ def version_message(text: str, model_dir: Path, name: str, version: int) -> str:
         text = text.replace(os.path.join(base, file), f"{label} of {name} v{version}")
     text = text.replace(base, f"{name} v{version}")
     return without_paths(text.replace(str(model_dir), "the model store"))
+
+
+# scheme://user:password@host...: the password is whatever lies between the colon after the
+# user and the last "@" before the host (a password may itself hold "@" or ":").
+_URL_PASSWORD = re.compile(r"^([a-zA-Z][\w+.-]*://[^:/@]*):[^/]*@")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*")
+
+
+def url_without_password(text: str) -> str:
+    """A connection URL as logs may show it: `postgresql://u:secret@h/db` becomes
+    `postgresql://u:***@h/db` (and a `password=` query parameter is masked too)."""
+    masked = _URL_PASSWORD.sub(r"\1:***@", text)
+    return _QUERY_PASSWORD.sub(r"\1***", masked)
