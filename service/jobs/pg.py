@@ -86,8 +86,6 @@ _ROW_FIELDS = (
     "finished_at, config, progress, metrics, history, model_version, error, attempts, "
     "interruptions, run_seconds, note, resumed_step"
 )
-# A transition out of "running" needs the lease; queued jobs have none to check.
-_OWNED = "(status <> 'running' OR lease_owner = %(me)s)"
 
 
 def _row(r: dict[str, Any]) -> JobRow:
@@ -354,12 +352,19 @@ class PgJobDB:
         add_run_seconds: float = 0.0,
     ) -> bool:
         """An active job -> a final state; False when it had already ended (first one wins)
-        or runs under another process's lease."""
+        or is not this process's to end (see below)."""
         if status not in FINAL:
             raise ValueError(f"not a final state: {status!r}")
         if not only_from or any(s not in ACTIVE for s in only_from):
             raise ValueError(f"only_from must name active states, got {only_from!r}")
         now = time.time()
+        # A run ends only the running job it holds the lease of: if its lease ran out and
+        # the job went back to the queue, the late word of the old worker changes nothing.
+        which = (
+            "status = 'running' AND lease_owner = %(me)s"
+            if "running" in only_from
+            else "status = 'queued'"
+        )
         cur = self._exec(
             f"UPDATE {_JOBS} SET status = %(status)s, error = %(error)s, "
             "finished_at = %(now)s, updated_at = %(now)s, "
@@ -367,7 +372,7 @@ class PgJobDB:
             "metrics = COALESCE(%(metrics)s::jsonb, metrics), "
             "history = COALESCE(%(history)s::jsonb, history), note = COALESCE(%(note)s, note), "
             "run_seconds = run_seconds + %(spent)s, lease_owner = NULL "
-            f"WHERE id = %(id)s AND status = ANY(%(from)s) AND {_OWNED}",
+            f"WHERE id = %(id)s AND {which}",
             {
                 "id": job_id,
                 "status": status,
@@ -378,7 +383,6 @@ class PgJobDB:
                 "history": _json(history),
                 "note": note,
                 "spent": max(0.0, add_run_seconds),
-                "from": list(only_from),
             },
         )
         return cur.rowcount == 1
