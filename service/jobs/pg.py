@@ -216,19 +216,28 @@ class PgJobDB:
 
     def expire_leases(self, max_interruptions: int) -> dict[str, str]:
         """Running jobs whose lease ran out (their worker died or hangs): back to the queue,
-        or failed after `max_interruptions`. Returns {job id: new status}."""
+        or failed after `max_interruptions`, or cancelled when a cancel was asked. Returns
+        {job id: new status}."""
         conn = self._cx()
         out: dict[str, str] = {}
         with conn.transaction():
             rows = conn.execute(
-                f"SELECT id, interruptions, lease_owner FROM {_JOBS} WHERE status = 'running' "
+                f"SELECT id, interruptions, lease_owner, cancel_requested FROM {_JOBS} "
+                "WHERE status = 'running' "
                 "AND lease_expires < clock_timestamp() ORDER BY seq FOR UPDATE SKIP LOCKED"
             ).fetchall()
             now = time.time()
             for r in rows:
                 count = int(r["interruptions"]) + 1
                 reason = f"its worker {r['lease_owner']} stopped renewing its lease"
-                if count > max_interruptions:
+                if r["cancel_requested"]:  # asked to stop: it ends here, not in the queue
+                    conn.execute(
+                        f"UPDATE {_JOBS} SET status = 'cancelled', finished_at = %s, "
+                        "updated_at = %s, note = %s, lease_owner = NULL WHERE id = %s",
+                        (now, now, f"cancelled; {reason}", r["id"]),
+                    )
+                    out[r["id"]] = "cancelled"
+                elif count > max_interruptions:
                     conn.execute(
                         f"UPDATE {_JOBS} SET status = 'failed', interruptions = %s, "
                         "finished_at = %s, updated_at = %s, error = %s, lease_owner = NULL "

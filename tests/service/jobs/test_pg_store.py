@@ -132,6 +132,20 @@ def test_an_expired_lease_requeues_then_fails_the_job(pg_url: str) -> None:
     assert "not resumed again" in (final.error or "")
 
 
+def test_a_cancel_asked_of_a_dead_worker_ends_the_job_when_its_lease_runs_out(
+    pg_url: str,
+) -> None:
+    dead, alive = store(pg_url, "dead", lease_s=1.0), store(pg_url, "alive", lease_s=1.0)
+    (job_id,) = add(dead, 1)
+    dead.claim()
+    assert alive.request_cancel(job_id)
+    time.sleep(1.3)
+    assert alive.expire_leases(3) == {job_id: "cancelled"}
+    assert alive.claim() is None  # never trained again
+    row = alive.get(job_id)
+    assert row is not None and row.status == "cancelled" and row.finished_at is not None
+
+
 def test_events_are_kept_in_order_and_pruned_after_the_end(pg_url: str) -> None:
     db = store(pg_url)
     (job_id,) = add(db, 1)

@@ -24,6 +24,7 @@ from tests.helpers import REPO, ServerProcess
 from .test_recovery import wait_until, worker_pids
 
 KEY = "pg-jobs-key"
+SECRET = "not-for-logs-7f3a"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 # A posted text, not a built-in corpus: less for each of the ten workers to build.
 TEXT = " ".join(f"the {a} saw a {b} ." for a in ("cat", "dog", "owl") for b in ("fox", "hen"))
@@ -37,20 +38,36 @@ TINY = {
     "batch_size": 4,
     "bptt": 8,
 }
-LEASE_S = "2"
+# Short enough for the test to see a killed worker's job move soon, long enough that a
+# live worker on a busy machine keeps its lease (it renews every third of it).
+KILL_LEASE_S = 4.0
 _CONSOLE = "import sys; from service.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 class Worker:
     """`gatehouse worker` (or `python -m service.jobs.claimer`) with its log in a file."""
 
-    def __init__(self, model_dir: Path, url: str, via_cli: bool = False, slots: int = 1) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        url: str,
+        via_cli: bool = False,
+        slots: int = 1,
+        lease_s: float = 15.0,
+    ) -> None:
         n = len(list(model_dir.parent.glob("worker-*.log")))
         self.log_path = model_dir.parent / f"worker-{n}.log"
         # via_cli: the `gatehouse worker` subcommand, as the console script dispatches it.
         entry = ["-c", _CONSOLE, "worker"] if via_cli else ["-m", "service.jobs.claimer"]
         cmd = [sys.executable, *entry, "--model-dir", str(model_dir), "--job-store", url]
-        cmd += ["--job-lease-s", LEASE_S, "--max-running-jobs", str(slots), "--log-level", "info"]
+        cmd += [
+            "--job-lease-s",
+            str(lease_s),
+            "--max-running-jobs",
+            str(slots),
+            "--log-level",
+            "info",
+        ]
         self._log = open(self.log_path, "wb")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
@@ -110,7 +127,17 @@ def submit(s: ServerProcess, body: dict) -> str:
     return r.json()["job_id"]
 
 
+def with_password(url: str) -> str:
+    """The URL with a password in it (the test cluster trusts loopback and ignores it)."""
+    return url.replace("gatehouse@", f"gatehouse:{SECRET}@", 1)
+
+
+def cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
 def test_two_workers_race_for_ten_jobs_each_runs_once(tmp_path: Path, pg_url: str) -> None:
+    pg_url = with_password(pg_url)
     model_dir = tmp_path / "models"
     model_dir.mkdir()
     procs: list = []
@@ -147,6 +174,12 @@ def test_two_workers_race_for_ten_jobs_each_runs_once(tmp_path: Path, pg_url: st
         r = httpx.delete(f"{a.url}/jobs/{long_id}", headers=AUTH, timeout=60)
         assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
         assert store.list_versions(model_dir, "long") == []
+
+        # The store URL's password: nowhere in logs, /metrics or a process title.
+        shown = [a.log(), *(w.log() for w in workers), httpx.get(f"{a.url}/metrics").text]
+        shown += [cmdline(p.proc.pid) for p in procs]
+        assert not [text for text in shown if SECRET in text]
+        assert "gatehouse:***@" in workers[0].log()
     finally:
         for p in procs:
             p.stop(signal.SIGKILL)
@@ -162,7 +195,7 @@ def test_a_killed_worker_is_resumed_by_another_with_events_on_any_server(
     try:
         procs.append(a := server(model_dir, pg_url))
         procs.append(b := server(model_dir, pg_url))
-        workers = [Worker(model_dir, pg_url), Worker(model_dir, pg_url)]
+        workers = [Worker(model_dir, pg_url, lease_s=KILL_LEASE_S) for _ in range(2)]
         procs += workers
         for w in workers:
             w.wait_ready()
