@@ -275,23 +275,25 @@ class JobManager:
             if row.final:
                 raise ApiError(409, f"job {job_id} already ended: {row.status}")
             run = self._runs.get(job_id)
-            if run is None and row.status == "running" and self.shared:
-                asked = await self.db.run(lambda db: db.request_cancel(job_id))
-                if not asked:
+            remote = run is None and row.status == "running" and self.shared
+            if remote:
+                # Another process runs it: its lease beat reads the request.
+                if not await self.db.run(lambda db: db.request_cancel(job_id)):
                     raise ApiError(409, f"job {job_id} changed state meanwhile; look again")
             elif run is None and row.status == "running" and self._owner is None:
                 raise ApiError(
                     503, f"job {job_id} runs on another server of this model store: cancel it there"
                 )
-            if run is None:
+            elif run is None:
                 if await self.db.run(
                     lambda db: db.finish(job_id, "cancelled", only_from=("queued",))
                 ):
                     await self.context.ended(job_id, "cancelled", 0.0)
                     return await self._must_get(job_id)
                 raise ApiError(409, f"job {job_id} changed state meanwhile; look again")
-            await run.ask(protocol.CANCEL)
-        if run is None:
+            else:
+                await run.ask(protocol.CANCEL)
+        if run is None:  # asked of another process
             return await self._await_remote_cancel(job_id)
         try:
             await asyncio.wait_for(run.done.wait(), CANCEL_GRACE_S)
