@@ -199,8 +199,8 @@ def test_a_killed_worker_is_resumed_by_another_with_events_on_any_server(
         procs += workers
         for w in workers:
             w.wait_ready()
-        body = {**TINY, "name": "phoenix", "arch": "gru", "max_steps": 1000, "hidden_size": 16}
-        body["corpus"] = {"builtin": "longrange"}  # long enough for 1000 steps in one epoch
+        body = {**TINY, "name": "phoenix", "arch": "gru", "max_steps": 300, "hidden_size": 16}
+        body["corpus"] = {"builtin": "longrange"}  # long enough for 300 steps in one epoch
         job_id = submit(a, body)
 
         def follow() -> None:  # server B streams a job server A accepted
@@ -213,18 +213,18 @@ def test_a_killed_worker_is_resumed_by_another_with_events_on_any_server(
             lambda: next((w for w in workers if job_id in w.ran()), None), 90, "a claim"
         )
         other = workers[1 - workers.index(owner)]
-        wait_until(lambda: job(b, job_id)["metrics"].get("step", 0) > 30, 300, "steps")
+        wait_until(lambda: job(b, job_id)["metrics"].get("step", 0) > 20, 300, "steps")
         owner.proc.kill()  # kill -9: no lease renewed, no requeue written
         owner.proc.wait()
         final = wait_until(
             lambda: (j := job(b, job_id))["status"] in ("succeeded", "failed") and j,
-            400,
+            900,
             "the job to end on the other worker",
         )
         assert final["status"] == "succeeded", final
         assert final["attempts"] == 2 and final["interruptions"] == 1
-        assert final["resumed_from_step"] > 30
-        assert final["metrics"]["steps"] == 1000
+        assert final["resumed_from_step"] > 20
+        assert final["metrics"]["steps"] == 300
         assert other.ran() == [job_id]
         versions = store.list_versions(model_dir, "phoenix")
         owners = [store.read_meta(model_dir, "phoenix", v).get("job_id") for v in versions]
