@@ -3,7 +3,7 @@
 # our other dependencies, cannot reach the internet, and does not see ../shared:
 #   .whl/  wheels (cp$PY, manylinux) of our dependencies other than torch and numpy (the GPU
 #          image has its own), at the versions in .venv
-#   .gpu/  WikiText-2 train/valid and the `hey` binary
+#   .gpu/  WikiText-2 train/valid/test and the `hey` binary
 # Both are in .gitignore. Then, with the device tool, carrying [".whl", ".gpu"]:
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
 #     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site PATH=$PWD/.gpu/bin:$PATH \
@@ -28,7 +28,7 @@ python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:
   --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 -d .whl "${pins[@]}"
 mkdir -p .gpu/data .gpu/bin
-cp ../shared/data/wikitext-2/train.txt ../shared/data/wikitext-2/valid.txt .gpu/data/
+cp ../shared/data/wikitext-2/{train,valid,test}.txt .gpu/data/  # test.txt: bench.gpu_quality
 cp "$(command -v hey)" .gpu/bin/
 du -sh .whl .gpu
 cat <<'RUN'

@@ -1,7 +1,8 @@
 """`python -m models.train`: train one model and save it as a new version in the store.
 
 With --builtin the recipe of the embedded defaults (models.defaults) is the starting point, so
-`--arch gru --builtin` trains the default GRU again; flags override single settings.
+`--arch gru --builtin` trains the default GRU again; `--recipe NAME` lays a named recipe's
+settings (models.recipes, docs/recipes.md) over that; flags override single settings.
 Progress goes to stderr (a tqdm bar); the last line on stdout is a JSON summary
 {"name", "version", "metrics", "seconds"}. Ctrl-C (or SIGTERM) stops after the current step;
 with --checkpoint-dir a checkpoint is written first and the same command resumes from it.
@@ -30,7 +31,9 @@ from models.defaults import default_configs
 from models.help_format import HelpFormatter
 from models.json_values import json_safe
 from models.lm import ARCHS
+from models.recipes import RECIPES, recipe_settings
 from models.train.config import (
+    OPTIMIZERS,
     STOP_CANCEL,
     STOP_CHECKPOINT,
     TrainConfig,
@@ -45,6 +48,8 @@ from models.train.loop import train
 
 def _config(args: argparse.Namespace) -> TrainConfig:
     base = default_configs()[args.arch] if args.builtin else TrainConfig(arch=args.arch)
+    if args.recipe:
+        base = replace(base, **recipe_settings(args.recipe, args.arch))
     given = {f.name: getattr(args, f.name) for f in knobs() if getattr(args, f.name) is not None}
     if args.optimizer:
         # Another optimizer needs its own lr and clip unless they are given too.
@@ -86,11 +91,17 @@ def _parser(prog: str = "python -m models.train") -> argparse.ArgumentParser:
     )
     p.add_argument("--model-dir", required=True, help="the model store to save the new version in")
     p.add_argument("--name", required=True, help="the model's name in the store (no @version)")
-    # Unset flags keep the recipe: models.defaults' for --builtin, TrainConfig's otherwise.
+    p.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        help="start from a named recipe's settings (models.recipes, docs/recipes.md)",
+    )
+    # Unset flags keep the recipe: --recipe's, then models.defaults' for --builtin,
+    # TrainConfig's otherwise.
     add_knob_flags(p, knobs())
     p.add_argument(
         "--optimizer",
-        choices=["adam", "sgd"],
+        choices=OPTIMIZERS,
         default=None,
         help="optimizer (default: the recipe's; another one takes its own lr and clip)",
     )

@@ -9,17 +9,18 @@ from typing import Any, get_args, get_type_hints
 
 from models.corpus import Corpus
 from models.lm import ARCHS, RNNLM, ModelConfig
+from models.recipes import RECIPES
 from models.tokenizer import Tokenizer
 
 STOP_CANCEL = "cancel"
 STOP_CHECKPOINT = "checkpoint"
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("adam", "sgd", "adamw", "ntasgd")
 SCHEDULES = ("plateau", "cosine")
-DEFAULT_LR = {"adam": 3e-3, "sgd": 1.0}
+DEFAULT_LR = {"adam": 3e-3, "sgd": 1.0, "adamw": 3e-3, "ntasgd": 1.0}
 # Gradient-norm clipping thresholds. Adam is insensitive to the gradient's scale, and a tight
 # clip there reweights steps (on the built-in corpus 0.5 slowed learning the long-range link
 # markedly); plain SGD needs the tight clip to stay stable.
-DEFAULT_CLIP = {"adam": 5.0, "sgd": 0.5}
+DEFAULT_CLIP = {"adam": 5.0, "sgd": 0.5, "adamw": 5.0, "ntasgd": 0.5}
 
 
 class TrainingError(Exception):
@@ -58,6 +59,24 @@ class TrainConfig:
         request=True,
     )
     tied: bool = knob(False, "Share embedding and decoder weights.", request=True)
+    # Training-only regularisers (models.regularize); all off trains exactly as without them.
+    weight_drop: float = knob(
+        0.0, "DropConnect on the hidden-to-hidden weights while training.", low=0.0
+    )
+    embed_drop: float = knob(0.0, "Drop whole words from the embedding while training.", low=0.0)
+    locked_dropout: bool = knob(
+        False, "Dropout masks fixed over time (variational) instead of per step."
+    )
+    input_dropout: float | None = knob(
+        None, "Locked dropout on the embeddings (default: --dropout).", low=0.0
+    )
+    layer_dropout: float | None = knob(
+        None, "Locked dropout between layers (default: --dropout).", low=0.0
+    )
+    ar: float = knob(0.0, "Activation regularisation: weight of the top outputs' L2.", low=0.0)
+    tar: float = knob(
+        0.0, "Temporal activation regularisation: weight of the step-to-step L2.", low=0.0
+    )
     batch_size: int = knob(20, "Rows trained side by side.", low=1, request=True)
     bptt: int = knob(35, "Truncated backprop length in tokens.", low=1, request=True)
     lr: float | None = knob(
@@ -67,8 +86,15 @@ class TrainConfig:
         above=True,
         request=True,
     )
+    # adamw: Adam with decoupled weight_decay; ntasgd: SGD, then the iterate average
+    # (models.averaging) once validation stops improving.
     optimizer: str = "adam"
-    weight_decay: float = 0.0
+    asgd_nonmono: int = knob(
+        5, "ntasgd: start averaging when validation is worse than all but the last N.", low=1
+    )
+    weight_decay: float = knob(
+        0.0, "Weight decay: an L2 term for adam and sgd, decoupled for adamw.", low=0.0
+    )
     clip: float | None = knob(
         None, "Gradient-norm clipping (default: 5 for Adam, 0.5 for SGD; 0 disables).", low=0.0
     )
@@ -108,6 +134,7 @@ class TrainConfig:
     progress_interval_s: float = 0.5
     checkpoint_interval_s: float = 300.0  # also checkpoint mid-epoch this often
     progress_bar: bool = False
+    recipe: str | None = None  # the models.recipes name the defaults came from (a label)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -128,6 +155,11 @@ class TrainConfig:
             raise ValueError("min_lr_ratio must be in [0, 1] and decay_start in [0, 1)")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.recipe is not None and self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}; known: {', '.join(RECIPES)}")
+        for name in ("weight_drop", "embed_drop", "input_dropout", "layer_dropout"):
+            if (getattr(self, name) or 0.0) >= 1.0:
+                raise ValueError(f"{name} must be in [0, 1)")
         self.model_config(vocab_size=2)  # sizes, dropout and tying are checked there
 
     @property

@@ -29,10 +29,12 @@ from tqdm import tqdm
 
 import models.train.state as train_state
 from models import checkpoint as ckpt
+from models.averaging import IterateAverage
 from models.corpus import Corpus
 from models.device import resolve_device
 from models.evaluate import final_metrics, nll_sum
 from models.lm import RNNLM
+from models.regularize import Regularization, train_forward
 
 from .check import HeldOutCheck
 from .config import STOP_CHECKPOINT, TrainConfig, TrainingCancelled, TrainingError, TrainResult
@@ -110,15 +112,18 @@ class Trainer:
             self.model.decoder.bias.data = (counts / counts.sum()).log().float()
         self.model.to(self.device).train()
         params = self.model.parameters()
-        if cfg.optimizer == "adam":
-            self.opt: torch.optim.Optimizer = torch.optim.Adam(
+        if cfg.optimizer in ("adam", "adamw"):
+            adam = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+            self.opt: torch.optim.Optimizer = adam(
                 params, lr=cfg.effective_lr, weight_decay=cfg.weight_decay
             )
         else:
             self.opt = torch.optim.SGD(params, lr=cfg.effective_lr, weight_decay=cfg.weight_decay)
+        self.average = IterateAverage()  # ntasgd's; inactive otherwise
 
         # Far worse than guessing uniformly (loss log V): the run has blown up even while the
         # numbers are still finite.
+        self.reg = Regularization.from_config(cfg)
         self.diverged_loss = 10.0 * math.log(vocab_size) + 10.0
         n = corpus.train.numel()
         # A tiny corpus gets fewer rows rather than failing: each row needs 2+ tokens.
@@ -165,6 +170,8 @@ class Trainer:
             fingerprint=train_state.fingerprint(self.cfg, self.corpus),
             elapsed=self.elapsed_before + time.monotonic() - self.session_start,
         )
+        avg_tensors, meta["average"] = self.average.to_checkpoint()
+        tensors.update(avg_tensors)
         ckpt.save_checkpoint(self.checkpoint_dir, tensors, meta)
         self.last_checkpoint = time.monotonic()
 
@@ -187,6 +194,11 @@ class Trainer:
             where=str(self.checkpoint_dir),
         )
         self.best_state, self.hidden = restored.best_state, restored.hidden
+        try:
+            tensors, meta = loaded
+            self.average.load_checkpoint(self.model, tensors, meta.get("average"), self.device)
+        except ValueError as e:
+            raise TrainingError(f"checkpoint in {self.checkpoint_dir} is inconsistent: {e}") from e
         self.elapsed_before = restored.elapsed
         return True
 
@@ -230,13 +242,15 @@ class Trainer:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
         try:
             with autocast:
-                logits, hidden = self.model(x, self.hidden)
+                logits, hidden, penalty = train_forward(self.model, x, self.hidden, self.reg)
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            # AR/TAR shape the gradient only: the loss reported and checked is the plain one.
+            (loss if penalty is None else loss + penalty).backward()
             if self.cfg.effective_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.effective_clip)
             self.opt.step()
+            self.average.update(self.model)
         except (torch.OutOfMemoryError, RuntimeError) as e:
             # CPU allocation failures are plain RuntimeErrors; anything else is a bug: re-raise.
             if not isinstance(e, torch.OutOfMemoryError) and "allocate" not in str(e):
@@ -321,9 +335,10 @@ class Trainer:
         )
         tps = self._tokens_per_s()
         t0 = time.monotonic()
-        total, count = nll_sum(
-            self.model, self.corpus.valid, self.cfg.eval_batch_size, self.cfg.bptt, self._poll
-        )
+        with self.average.applied(self.model):  # once averaging, the average is what counts
+            total, count = nll_sum(
+                self.model, self.corpus.valid, self.cfg.eval_batch_size, self.cfg.bptt, self._poll
+            )
         self.session_eval_s += time.monotonic() - t0
         val_loss = total / count
         if not math.isfinite(val_loss) or val_loss > self.diverged_loss:
@@ -343,11 +358,15 @@ class Trainer:
             entry["partial"] = True  # cut short by max_steps
         if self.check is not None and self.loop.step >= self.check.start * self.planned_steps:
             t0 = time.monotonic()
-            entry["check"] = score = self.check.evaluate(self.model)
+            with self.average.applied(self.model):
+                entry["check"] = score = self.check.evaluate(self.model)
             self.session_eval_s += time.monotonic() - t0
             if score > self.best_check:
                 self.best_check, self.check_val_ppl = score, val_ppl
                 self.best_state = {k: v.detach().to("cpu").clone() for k, v in self._weights()}
+        if self.average.active:
+            entry["averaged_steps"] = self.average.count  # this epoch's val scored the average
+        self._maybe_start_average(val_ppl)
         if val_ppl < self.loop.best_val * (1 - 1e-4):
             self.loop.best_val = val_ppl
             if self.cfg.keep_best and self.check is None:
@@ -370,7 +389,17 @@ class Trainer:
             info.update(epoch=entry["epoch"], val_ppl=val_ppl, train_loss=train_loss)
             self.callback(info)
 
+    def _maybe_start_average(self, val_ppl: float) -> None:
+        """NT-ASGD's trigger: validation worse than the best before the last asgd_nonmono."""
+        n = self.cfg.asgd_nonmono
+        if self.cfg.optimizer != "ntasgd" or self.average.active or len(self.loop.history) <= n:
+            return
+        if val_ppl > min(h["val_ppl"] for h in self.loop.history[:-n]):
+            self.average.start(self.model)
+
     def _weights(self) -> list[tuple[str, Tensor]]:
+        if self.average.active:
+            return self.average.items()  # the parameters' names: the tied decoder left out
         return [
             (k, v)
             for k, v in self.model.state_dict().items()
@@ -418,6 +447,8 @@ class Trainer:
         return True
 
     def _finish(self) -> TrainResult:
+        if self.best_state is None:
+            self.average.copy_to(self.model)
         if self.best_state is not None:
             state = dict(self.best_state)
             if self.model.cfg.tied:

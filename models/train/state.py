@@ -9,7 +9,7 @@ to the same config and corpus and loads it back.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,18 @@ def fingerprint(cfg: TrainConfig, corpus: Corpus) -> dict[str, Any]:
         "corpus_sha256": corpus.sha256,
         "vocab_size": len(corpus.tokenizer.vocab),
     }
+
+
+def _same_config(saved: Any, current: dict[str, Any]) -> bool:
+    """The saved config is the current one. A setting added since the checkpoint was written
+    is absent from it and matches while it has its default (which is what that run used)."""
+    if not isinstance(saved, dict) or any(k not in current for k in saved):
+        return False
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    return all(
+        saved[k] == v if k in saved else (k in defaults and defaults[k] == v)
+        for k, v in current.items()
+    )
 
 
 def _without_tied(model: RNNLM) -> dict[str, Tensor]:
@@ -131,7 +143,8 @@ def restore(
     if meta.get("format") != FORMAT:
         raise TrainingError(f"checkpoint format {meta.get('format')!r} is not supported")
     for key, value in fingerprint.items():
-        if meta.get(key) != value:
+        same = _same_config(meta.get(key), value) if key == "config" else meta.get(key) == value
+        if not same:
             raise TrainingError(
                 f"the checkpoint in {where} was made with a different {key} "
                 "(config or corpus changed); remove it to start over"

@@ -157,6 +157,31 @@ def test_checkpoint_written_each_epoch_and_refused_for_another_config(
         train(small(epochs=2, hidden_size=32), tiny, checkpoint_dir=str(tmp_path))
 
 
+def test_checkpoint_from_before_a_setting_existed_resumes_while_it_has_its_default(
+    tiny: Corpus, tmp_path: Path
+) -> None:
+    """A checkpoint written before `weight_drop` existed (its config lacks the key) is the same
+    run as one with weight drop at its default: it resumes; asked with weight drop on, it is
+    another config and is refused."""
+    from models.checkpoint import load_checkpoint, save_checkpoint
+
+    cfg = small(epochs=2)
+    whole = train(cfg, tiny)
+    ckdir = tmp_path / "ck"
+    callback, should_stop = _stopper([whole.metrics["steps"] // 2], STOP_CHECKPOINT)
+    with pytest.raises(TrainingCancelled):
+        train(cfg, tiny, callback=callback, should_stop=should_stop, checkpoint_dir=str(ckdir))
+    loaded = load_checkpoint(ckdir)
+    assert loaded is not None
+    tensors, state = loaded
+    del state["config"]["weight_drop"]  # as an older trainer wrote it
+    save_checkpoint(ckdir, tensors, state)
+    with pytest.raises(TrainingError, match="different config"):
+        train(small(epochs=2, weight_drop=0.3), tiny, checkpoint_dir=str(ckdir))
+    resumed = train(cfg, tiny, checkpoint_dir=str(ckdir))
+    assert same_weights(weights(whole.model), weights(resumed.model))
+
+
 def test_cancel_stops_promptly_without_checkpoint(tiny: Corpus, tmp_path: Path) -> None:
     callback, should_stop = _stopper([3], STOP_CANCEL)
     with pytest.raises(TrainingCancelled) as info:

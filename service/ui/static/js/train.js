@@ -81,8 +81,17 @@ export function mount(root, ctx) {
     status.textContent = `job ${j.job_id}: ${j.status}` + (m.step ? ` · step ${m.step}/${m.total_steps ?? "?"}` : "") + (m.loss ? ` · loss ${fmt(m.loss)}` : "") + (j.error ? ` · ${j.error}` : "");
     status.dataset.status = j.status;
     for (const h of j.history || []) {
-      if (h.val_ppl && !ppl.some((p) => p[0] === h.epoch)) ppl.push([h.epoch, h.val_ppl]);
+      if (h.val_ppl) addPpl(h.epoch, h.val_ppl);
     }
+  }
+
+  // One point per epoch: a stream that reconnects, or a job resumed from its checkpoint,
+  // reports an epoch again, and the chart must not count it twice.
+  function addPpl(epoch, value) {
+    const at = ppl.findIndex((p) => p[0] === epoch);
+    if (at >= 0) ppl[at] = [epoch, value];
+    else ppl.push([epoch, value]);
+    ppl.sort((a, b) => a[0] - b[0]);
   }
 
   async function finish(j) {
@@ -112,15 +121,19 @@ export function mount(root, ctx) {
     // Progress at an epoch's end (and at the run's) carries the epoch's mean loss, not the
     // latest window's: plotted among the window losses it would show as a spike.
     const epochSteps = new Set();
+    const seenSteps = new Set(); // a reconnected stream replays progress already drawn
     stream.addEventListener("progress", read((p) => {
-      if (Number.isFinite(p.loss) && Number.isFinite(p.step) && !epochSteps.has(p.step)) loss.push([p.step, p.loss]);
+      if (Number.isFinite(p.loss) && Number.isFinite(p.step) && !epochSteps.has(p.step) && !seenSteps.has(p.step)) {
+        seenSteps.add(p.step);
+        loss.push([p.step, p.loss]);
+      }
       progress.value = p.progress ?? progress.value;
       status.textContent = `job ${id}: running · step ${p.step}/${p.total_steps ?? "?"} · loss ${fmt(p.loss)}`;
       draw();
     }));
     stream.addEventListener("epoch", read((e) => {
       epochSteps.add(e.step);
-      if (e.val_ppl) ppl.push([e.epoch, e.val_ppl]);
+      if (e.val_ppl) addPpl(e.epoch, e.val_ppl);
       draw();
     }));
     stream.addEventListener("end", read(finish));
