@@ -34,6 +34,10 @@ COPY pyproject.toml README.md ./
 COPY models ./models
 COPY service ./service
 RUN pip install . && python -c "import service.app, models.lm"
+# EXTRAS: optional extras of pyproject.toml on top, e.g. `scale` (the Redis and PostgreSQL
+# clients, for docker-compose.yml's scale profile and deploy/kubernetes/).
+ARG EXTRAS=""
+RUN if [ -n "$EXTRAS" ]; then pip install ".[$EXTRAS]"; fi
 
 # --- runtime: the venv only, no sources, no build tools, not root.
 FROM base AS runtime

@@ -150,3 +150,7 @@ def run() -> None:
 
 
 __all__ = ["COMMANDS", "main", "models_main", "run", "version_main"]
+
+
+if __name__ == "__main__":  # `python -m service.cli serve ...`, as the console script
+    run()

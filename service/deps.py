@@ -14,7 +14,7 @@ from .auth import require_admin, require_reader
 from .inference import InferenceEngine
 from .jobs.manager import JobManager
 from .registry import ModelRegistry
-from .sessions import SessionStore
+from .session_store import SessionBackend
 from .settings import Settings
 
 
@@ -30,7 +30,7 @@ async def get_engine(request: Request) -> InferenceEngine:
     return request.app.state.engine
 
 
-async def get_sessions(request: Request) -> SessionStore:
+async def get_sessions(request: Request) -> SessionBackend:
     return request.app.state.engine.sessions
 
 
@@ -50,7 +50,7 @@ async def session_token(
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 EngineDep = Annotated[InferenceEngine, Depends(get_engine)]
-SessionsDep = Annotated[SessionStore, Depends(get_sessions)]
+SessionsDep = Annotated[SessionBackend, Depends(get_sessions)]
 JobsDep = Annotated[JobManager, Depends(get_jobs)]
 AdminDep = Annotated[None, Depends(require_admin)]
 ReaderDep = Annotated[None, Depends(require_reader)]

@@ -8,7 +8,7 @@ import logging
 import sys
 
 from .auth import KeyFileError, api_key
-from .redact import url_without_password
+from .redact import without_credentials
 from .settings import Settings
 
 log = logging.getLogger("gatehouse")
@@ -52,22 +52,14 @@ def _masked(argv: list[str]) -> list[str]:
         elif arg.startswith("--api-key="):
             out.append("--api-key=***")
         else:
-            out.append(_url_masked(arg))
+            out.append(without_credentials(arg))  # e.g. --session-store redis://:pw@host
     return out
-
-
-def _url_masked(arg: str) -> str:
-    """`--flag=URL` or a bare URL with its password masked; anything else as it is."""
-    flag, eq, value = arg.partition("=")
-    if eq and flag.startswith("--"):
-        return f"{flag}={url_without_password(value)}"
-    return url_without_password(arg)
 
 
 def hide_key_from_title(argv: list[str] | None = None, module: str = "service") -> bool:
     """Rewrite the process title (what `ps` and /proc/<pid>/cmdline show) with the value of
-    `--api-key` and the password of any URL (`--job-store`) masked; True when there was one
-    to hide. The key still passed through the
+    `--api-key` and the password of any URL (`--session-store`, `--job-store`) masked; True
+    when there was one to hide. The key still passed through the
     command line for an instant, so `api_key_file` or the environment is the safe way."""
     argv = sys.argv if argv is None else argv
     masked = _masked(argv)

@@ -44,7 +44,15 @@ from .schemas.predict import (
 from .schemas.score import ScoreBatchResponse, ScoreRequest, ScoreResponse
 from .schemas.sessions import FeedRequest, FeedResponse
 from .scoring import ScoreResult, ScoreRow, run_scores
-from .sessions import EmptyFeed, FeedResult, SessionForbidden, SessionNotFound, SessionStore
+from .session_store import SessionBackend, make_session_store
+from .sessions import (
+    EmptyFeed,
+    FeedResult,
+    SessionBusy,
+    SessionForbidden,
+    SessionNotFound,
+    SessionStoreUnavailable,
+)
 from .settings import Settings
 from .steps import Step, run_steps
 
@@ -79,10 +87,10 @@ class InferenceEngine:
             executor=self._executor,
             on_batch=_observe_batch,
         )
-        self.sessions = SessionStore(
+        self.sessions: SessionBackend = make_session_store(
+            settings,
             self._submit_one,
-            max_sessions=settings.max_sessions,
-            ttl_s=settings.session_ttl_s,
+            lambda name, version: self.registry.resolve(f"{name}@{version}"),
             on_count=metrics.set_sessions_active,
         )
         registry.on_load.append(self._prepare)
@@ -255,7 +263,7 @@ class InferenceEngine:
             )
 
         try:
-            session = self.sessions.authorize(session_id, token)
+            session = await self.sessions.authorize_session(session_id, token)
             set_request_model(session.loaded.name)
             encoded = self.encode(session.loaded, req.text)
             return await self.sessions.feed_with(
@@ -269,6 +277,8 @@ class InferenceEngine:
             raise ApiError(422, str(e)) from None
         except QueueFull as e:
             raise ApiError(503, str(e), headers={"Retry-After": str(e.retry_after_s)}) from None
+        except (SessionBusy, SessionStoreUnavailable) as e:
+            raise ApiError(503, str(e), headers={"Retry-After": "1"}) from None
 
     async def gates(self, ref: str | None, text: str, query: GateQuery) -> GateAnswer:
         """Every gate of the cell on every token of `text`; a heavy item of the batcher, so it

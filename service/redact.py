@@ -43,14 +43,15 @@ def version_message(text: str, model_dir: Path, name: str, version: int) -> str:
     return without_paths(text.replace(str(model_dir), "the model store"))
 
 
-# scheme://user:password@host...: the password is whatever lies between the colon after the
-# user and the last "@" before the host (a password may itself hold "@" or ":").
-_URL_PASSWORD = re.compile(r"^([a-zA-Z][\w+.-]*://[^:/@]*):[^/]*@")
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*")
+# `scheme://user:password@host` or `scheme://password@host`: everything from `//` to the
+# authority's last `@` (a password may hold an unescaped `@`).
+_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s]+@")
+# redis-py also takes the password as a query argument: `redis://host/0?password=...`.
+_QUERY_SECRET = re.compile(r"(?P<key>[?&](?:password|username)=)[^&\s]*", re.I)
 
 
-def url_without_password(text: str) -> str:
-    """A connection URL as logs may show it: `postgresql://u:secret@h/db` becomes
-    `postgresql://u:***@h/db` (and a `password=` query parameter is masked too)."""
-    masked = _URL_PASSWORD.sub(r"\1:***@", text)
-    return _QUERY_PASSWORD.sub(r"\1***", masked)
+def without_credentials(text: str) -> str:
+    """`text` with the user and password of every URL in it shown as `***`, so a store URL
+    (`redis://:secret@host:6379/0`) can be logged, shown in `ps` or put in an error."""
+    text = _USERINFO.sub(r"\g<scheme>***@", text)
+    return _QUERY_SECRET.sub(r"\g<key>***", text)

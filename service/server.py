@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 
@@ -81,7 +83,14 @@ def build_config(settings: Settings) -> uvicorn.Config:
 
 
 def serve(settings: Settings) -> int:
-    """Run until a signal; 0 after a clean stop, 1 if the server never started, 2 if refused."""
+    """Run until a signal; 0 after a clean stop, 1 if the server never started, 2 if refused.
+
+    `workers` > 1 hands over to the supervisor (service.supervisor), which runs N of these.
+    """
+    if settings.workers > 1:
+        from .supervisor import serve_workers
+
+        return serve_workers(settings)
     logs.configure_logging(settings.log_level)
     problem = check_exposure(settings)
     if problem:
@@ -91,4 +100,13 @@ def serve(settings: Settings) -> int:
     log.info("Gatehouse on %s (API docs: %s/docs), model store %s", base, base, settings.model_dir)
     server = GracefulServer(build_config(settings))
     server.run()
+    return 0 if server.started else 1
+
+
+def serve_on(settings: Settings, sock: socket.socket, label: str) -> int:
+    """One of the supervisor's workers: the same server on a socket bound by the supervisor."""
+    logs.configure_logging(settings.log_level)
+    log.info("%s (pid %d) serving model store %s", label, os.getpid(), settings.model_dir)
+    server = GracefulServer(build_config(settings))
+    server.run(sockets=[sock])
     return 0 if server.started else 1

@@ -11,6 +11,9 @@ concurrently and batch together in the step function.
 Every session has a secret token, made with it: `authorize` is the lookup for callers acting
 for a client, and refuses (SessionForbidden) one that does not present that token, compared in
 constant time, so holding a session id alone neither reads, feeds nor ends it.
+
+This is the default store, in this process's memory; `service.session_store` chooses between
+it and the Redis one every replica shares (`SessionBackend`, the async methods below).
 """
 
 from __future__ import annotations
@@ -54,6 +57,14 @@ class SessionForbidden(PermissionError):
 
 class EmptyFeed(ValueError):
     """The fed text holds no tokens: there is nothing to advance the state with."""
+
+
+class SessionStoreUnavailable(RuntimeError):
+    """A shared session store (Redis) did not answer: the caller may try again shortly."""
+
+
+class SessionBusy(RuntimeError):
+    """Other feeds to the same session kept winning the race; the caller may try again."""
 
 
 @dataclass(eq=False)
@@ -213,6 +224,21 @@ class SessionStore:
                 session.last_used = self._clock()
                 self._sessions.move_to_end(session.id)
         return made
+
+    # The `SessionBackend` surface (service.session_store), which a shared store implements
+    # with network round trips: here each is the synchronous call, with nothing to wait for.
+    async def create_session(self, loaded: LoadedModel) -> Session:
+        return self.create(loaded)
+
+    async def authorize_session(self, session_id: str, token: str | None) -> Session:
+        return self.authorize(session_id, token)
+
+    async def delete_session(self, session_id: str, token: str | None) -> None:
+        self.authorize(session_id, token)
+        self.delete(session_id)
+
+    async def session_alive(self, session_id: str) -> bool:
+        return self.alive(session_id)
 
     def sweep(self) -> int:
         """Drop every expired session; returns how many."""

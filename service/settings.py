@@ -49,7 +49,18 @@ def _job_store(value: str) -> str:
     # The message never repeats the value: a URL may carry a password.
     if value == "sqlite" or value.startswith(("postgresql://", "postgres://")):
         return value
-    raise ValueError("sqlite or a postgresql:// URL")
+    raise ValueError("must be sqlite or a postgresql:// URL")
+
+
+SESSION_STORE_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _session_store(value: str) -> str:
+    value = value.strip()
+    if value == "memory" or value.lower().startswith(SESSION_STORE_SCHEMES):
+        return value
+    # No echo of the value: it may be a URL with a password in it.
+    raise ValueError("must be memory or a redis://, rediss:// or unix:// URL")
 
 
 class _FileSource(PydanticBaseSettingsSource):
@@ -106,6 +117,12 @@ class Settings(BaseSettings):
     )
     half: Literal["off", "bf16", "fp16"] = Field(
         "off", description="serve in half precision (bf16: CPU or CUDA; fp16: CUDA only)"
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="server processes sharing the port, each its own engine (>1: shared stores)",
     )
     cors_origins: str = Field(
         "",
@@ -176,6 +193,11 @@ class Settings(BaseSettings):
     )
     session_create_burst: int = Field(
         30, ge=1, le=1_000_000, description="sessions one client may open at once"
+    )
+    session_store: Annotated[str, AfterValidator(_session_store)] = Field(
+        "memory",
+        description="where sessions live: memory (this process) or a redis://, rediss:// or "
+        "unix:// URL that every replica shares",
     )
 
     # Training jobs.

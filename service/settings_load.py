@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
-from .redact import url_without_password
+from .redact import without_credentials
 from .settings import ENV_PREFIX, Settings, build, env_name
 from .settings_flags import add_settings_flags, allowed_text, flag_name, is_secret
 
@@ -128,13 +128,14 @@ def explain(
         if field in fields:
             where = _source(field, flags, environ, config_path)
             value = detail.get("input")
-            if isinstance(value, str):  # a connection URL's password stays out of the message
-                value = url_without_password(value)
             shown = "***" if is_secret(fields[field]) else repr(value)
-            allowed = allowed_text(fields[field])
-            if detail.get("type") == "value_error":  # a field's own check says what it takes
-                allowed = str(detail.get("msg", "")).removeprefix("Value error, ") or allowed
-            return f"invalid {field} = {shown} (from {where}): must be {allowed}"
+            shown = without_credentials(shown)  # a store URL's password stays out of it
+            if detail["type"] == "value_error":  # a field's own check says what it wants
+                reason = str(detail["msg"]).removeprefix("Value error, ")
+                return f"invalid {field} = {shown} (from {where}): {reason}"
+            return (
+                f"invalid {field} = {shown} (from {where}): must be {allowed_text(fields[field])}"
+            )
     return f"invalid settings: {error.errors()[0]['msg']}"
 
 

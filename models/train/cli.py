@@ -121,14 +121,15 @@ def _parser(prog: str = "python -m models.train") -> argparse.ArgumentParser:
 
 
 def add_knob_flags(p: argparse.ArgumentParser, declared: list[Field[Any]]) -> None:
-    """One `--flag` per hyperparameter, default None (not given); booleans are switches."""
+    """One `--flag` per hyperparameter, default None (not given); booleans have `--no-X`."""
     for f in declared:
         flag, kind, text = "--" + f.name.replace("_", "-"), knob_type(f), f.metadata["help"]
         # The flag itself defaults to "not given"; what that means is the recipe's value.
         base = "the recipe's" if f.default is None else f"{f.default}, or the built-in recipe's"
         text += f" (default: {base})".replace("%", "%%")
         if kind is bool:
-            p.add_argument(flag, action="store_true", default=None, help=text)
+            # --X and --no-X: a recipe that turns a switch on can be overridden off.
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
             p.add_argument(flag, type=kind, default=None, help=text)
 

@@ -29,7 +29,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from ..redact import url_without_password
+from ..redact import without_credentials
 from .db import _JSON_COLUMNS, ACTIVE, FINAL, STATES, JobDBError, JobRow, _dumps
 
 log = logging.getLogger("gatehouse.jobs")
@@ -109,7 +109,7 @@ class PgJobDB:
             raise JobDBError(f"{self}: cannot set up the jobs tables: {e}") from e
 
     def __str__(self) -> str:
-        return url_without_password(self.url)
+        return without_credentials(self.url)
 
     def _connect(self) -> psycopg.Connection[dict[str, Any]]:
         try:

@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..redact import url_without_password
+from ..redact import without_credentials
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -31,7 +31,7 @@ def is_shared(job_store: str) -> bool:
 
 def describe(job_store: str) -> str:
     """The store as logs and errors may show it: a URL's password masked."""
-    return url_without_password(job_store) if is_shared(job_store) else job_store
+    return without_credentials(job_store) if is_shared(job_store) else job_store
 
 
 def store_errors() -> tuple[type[BaseException], ...]:

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from ..errors import ApiError
 from ..inference import InferenceEngine
 from ..schemas.sessions import FeedRequest, FeedResponse
-from ..sessions import SessionForbidden, SessionNotFound
+from ..sessions import SessionForbidden, SessionNotFound, SessionStoreUnavailable
 from .errors import invalid
 
 Key = tuple[str, str, str]  # client, model, sequence id
@@ -41,20 +41,19 @@ class SequenceMap:
         """The sequences of one client; `admit` raises when it may not open a session."""
         return Sequences(self, client, admit)
 
-    def _prune(self, engine: InferenceEngine) -> None:
+    async def _prune(self, engine: InferenceEngine) -> None:
         """Forget ids whose sessions are gone, once the map outgrows the store."""
         if len(self._sessions) <= engine.settings.max_sessions:
             return
         store = engine.sessions
         for key, (sid, _) in list(self._sessions.items()):
-            if not store.alive(sid):
-                del self._sessions[key]
+            if not await store.session_alive(sid):
+                self._sessions.pop(key, None)
 
-    def _end(self, engine: InferenceEngine, session_id: str, token: str) -> None:
+    async def _end(self, engine: InferenceEngine, session_id: str, token: str) -> None:
         # The TTL may have ended it already: nothing left to end then.
-        with contextlib.suppress(SessionNotFound, SessionForbidden):
-            engine.sessions.authorize(session_id, token)
-            engine.sessions.delete(session_id)
+        with contextlib.suppress(SessionNotFound, SessionForbidden, SessionStoreUnavailable):
+            await engine.sessions.delete_session(session_id, token)
 
 
 class Sequences:
@@ -75,9 +74,13 @@ class Sequences:
             self._admit()
             old = held.pop(key, None)
             if old is not None:
-                self._all._end(engine, *old)
-            self._all._prune(engine)
-            session = engine.sessions.create(engine.resolve(ref))
+                await self._all._end(engine, *old)
+            await self._all._prune(engine)
+            loaded = engine.resolve(ref)
+            try:
+                session = await engine.sessions.create_session(loaded)
+            except SessionStoreUnavailable as e:
+                raise ApiError(503, str(e), headers={"Retry-After": "1"}) from None
             held[key] = (session.id, session.token)
         found = held.get(key)
         if found is None:
@@ -100,5 +103,5 @@ class Sequences:
             raise
         if params.get("sequence_end") is True:
             held.pop(key, None)
-            self._all._end(engine, session_id, token)
+            await self._all._end(engine, session_id, token)
         return answer

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -25,7 +27,13 @@ from ..schemas.sessions import (
     SessionCreated,
     SessionInfo,
 )
-from ..sessions import Session, SessionForbidden, SessionNotFound, SessionStore
+from ..session_store import SessionBackend
+from ..sessions import (
+    Session,
+    SessionForbidden,
+    SessionNotFound,
+    SessionStoreUnavailable,
+)
 from .predict import ERRORS
 
 router = APIRouter(tags=["sessions"])
@@ -40,7 +48,7 @@ CREATE_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _info(sessions: SessionStore, s: Session) -> dict[str, Any]:
+def _info(sessions: SessionBackend, s: Session) -> dict[str, Any]:
     return {
         **served(s.loaded),
         "session_id": s.id,
@@ -52,13 +60,17 @@ def _info(sessions: SessionStore, s: Session) -> dict[str, Any]:
     }
 
 
-def _authorized(sessions: SessionStore, session_id: str, token: str | None) -> Session:
+@contextmanager
+def _answered() -> Iterator[None]:
+    """The store's refusals as the contract's status codes."""
     try:
-        return sessions.authorize(session_id, token)
+        yield
     except SessionNotFound as e:
         raise ApiError(404, str(e)) from None
     except SessionForbidden as e:
         raise ApiError(403, str(e)) from None
+    except SessionStoreUnavailable as e:
+        raise ApiError(503, str(e), headers={"Retry-After": "1"}) from None
 
 
 @router.post(
@@ -78,7 +90,9 @@ async def create_session(
     _: ReaderDep,
 ) -> dict[str, Any]:
     admit_new_session(request)
-    session = sessions.create(registry.resolve(body.model))
+    loaded = registry.resolve(body.model)
+    with _answered():
+        session = await sessions.create_session(loaded)
     return {**_info(sessions, session), "session_token": session.token}
 
 
@@ -103,7 +117,9 @@ async def feed_session(
 async def get_session(
     session_id: str, sessions: SessionsDep, token: SessionTokenDep, _: ReaderDep
 ) -> dict[str, Any]:
-    return _info(sessions, _authorized(sessions, session_id, token))
+    with _answered():
+        session = await sessions.authorize_session(session_id, token)
+    return _info(sessions, session)
 
 
 @router.delete(
@@ -116,9 +132,6 @@ async def get_session(
 async def delete_session(
     session_id: str, sessions: SessionsDep, token: SessionTokenDep, _: ReaderDep
 ) -> Response:
-    _authorized(sessions, session_id, token)
-    try:
-        sessions.delete(session_id)
-    except SessionNotFound as e:
-        raise ApiError(404, str(e)) from None
+    with _answered():
+        await sessions.delete_session(session_id, token)
     return Response(status_code=204)

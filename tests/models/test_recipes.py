@@ -97,6 +97,16 @@ def test_flags_override_the_recipe_and_no_recipe_keeps_the_defaults() -> None:
     assert plain.recipe is None and plain.weight_drop == 0.0 and not plain.locked_dropout
 
 
+def test_a_switch_the_recipe_turns_on_can_be_turned_off_by_flag() -> None:
+    from models.train.cli import _config, _parser
+
+    base = ["--arch", "lstm", "--recipe", "wt2-small", "--model-dir", "d", "--name", "n"]
+    on = _config(_parser().parse_args(base))
+    assert on.tied and on.locked_dropout
+    off = _config(_parser().parse_args([*base, "--no-tied", "--no-locked-dropout"]))
+    assert not off.tied and not off.locked_dropout and off.hidden_size == on.hidden_size
+
+
 def _small_recipe(arch: str) -> TrainConfig:
     settings = recipe_settings("wt2-small", arch)
     settings.update(

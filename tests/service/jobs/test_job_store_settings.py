@@ -7,7 +7,7 @@ import pytest
 from service.exposure import _masked
 from service.jobs import claimer
 from service.jobs.store import describe, is_shared
-from service.redact import url_without_password
+from service.redact import without_credentials
 from service.settings import Settings
 from service.settings_load import SettingsProblem, load
 
@@ -17,21 +17,21 @@ SECRET = "s3cret:p@ss"
 @pytest.mark.parametrize(
     ("url", "shown"),
     [
-        (f"postgresql://app:{SECRET}@db:5432/jobs", "postgresql://app:***@db:5432/jobs"),
+        (f"postgresql://app:{SECRET}@db:5432/jobs", "postgresql://***@db:5432/jobs"),
         (
             f"postgres://app:{SECRET}@db/jobs?sslmode=require",
-            "postgres://app:***@db/jobs?sslmode=require",
+            "postgres://***@db/jobs?sslmode=require",
         ),
         (
             f"postgresql://db/jobs?user=app&password={SECRET}",
             "postgresql://db/jobs?user=app&password=***",
         ),
-        ("postgresql://app@db/jobs", "postgresql://app@db/jobs"),
+        ("postgresql://app@db/jobs", "postgresql://***@db/jobs"),
         ("sqlite", "sqlite"),
     ],
 )
 def test_a_url_is_shown_without_its_password(url: str, shown: str) -> None:
-    assert url_without_password(url) == shown
+    assert without_credentials(url) == shown
     assert describe(url) == shown
 
 
@@ -53,7 +53,7 @@ def test_the_process_title_masks_a_url_password() -> None:
     ]
     masked = _masked(argv)
     assert not any(SECRET in a for a in masked)
-    assert masked[2] == "postgresql://a:***@h/d" and masked[3] == "--job-store=postgres://a:***@h/d"
+    assert masked[2] == "postgresql://***@h/d" and masked[3] == "--job-store=postgres://***@h/d"
 
 
 def test_a_worker_refuses_a_store_it_cannot_share(capsys: pytest.CaptureFixture[str]) -> None:

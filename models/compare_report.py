@@ -1,0 +1,167 @@
+"""The comparison written out: a markdown page and its PNG plots (`--report PATH.md`).
+
+The plots go to a folder beside the page named after it (docs/comparison.md ->
+docs/comparison/): validation perplexity against epochs and against training seconds, and
+long-range accuracy by gap on the built-in corpus's prompts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from models.compare_sizes import Size
+
+Row = dict[str, Any]
+
+
+def train_seconds(entry: dict[str, Any], tokens_per_step: int) -> float:
+    """Seconds of training (validation excluded) up to a history entry."""
+    tps = entry.get("tokens_per_s") or 0.0
+    return entry["step"] * tokens_per_step / tps if tps > 0 else math.nan
+
+
+def _plot(
+    path: Path,
+    series: dict[str, tuple[list[float], list[float]]],
+    xlabel: str,
+    ylabel: str,
+    log_y: bool,
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker="o", markersize=3, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if log_y:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    # Written beside the target and renamed over it: a reader never sees half a PNG.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_plots(rows: list[Row], folder: Path, tokens_per_step: int) -> list[str]:
+    """The PNGs for `rows` (one per kind); returns their file names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    by_epoch = {
+        r["arch"]: ([h["epoch"] for h in r["history"]], [h["val_ppl"] for h in r["history"]])
+        for r in rows
+    }
+    by_time = {
+        r["arch"]: (
+            [train_seconds(h, tokens_per_step) for h in r["history"]],
+            [h["val_ppl"] for h in r["history"]],
+        )
+        for r in rows
+    }
+    names = ["val_ppl_by_epoch.png", "val_ppl_by_seconds.png"]
+    _plot(folder / names[0], by_epoch, "epoch", "validation perplexity", log_y=True)
+    _plot(folder / names[1], by_time, "training seconds", "validation perplexity", log_y=True)
+    gaps = {r["arch"]: r["long_range_by_gap"] for r in rows if r.get("long_range_by_gap")}
+    if gaps:
+        series = {a: ([int(g) for g in by], list(by.values())) for a, by in gaps.items()}
+        names.append("long_range_by_gap.png")
+        _plot(folder / names[2], series, "gap (filler sentences)", "top-1 accuracy", log_y=False)
+    return names
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def gru_verdict(rows: list[Row]) -> str:
+    """Whether "GRU is faster" held here, from the core kernel timings and training speed."""
+    by = {r["arch"]: r for r in rows}
+    if "gru" not in by or "lstm" not in by:
+        return "GRU and LSTM were not both run: no verdict."
+    g, lstm = by["gru"], by["lstm"]
+    core = lstm["core_train_ms"] / g["core_train_ms"]
+    fwd = lstm["core_forward_ms"] / g["core_forward_ms"]
+    train = g["tokens_per_s"] / lstm["tokens_per_s"]
+    held = "holds" if core > 1.0 and train > 1.0 else "does not hold"
+    return (
+        f'"GRU is faster" {held} for the CPU kernels at equal parameter count: the GRU\'s '
+        f"recurrent layers ran a training step (forward+backward) in {g['core_train_ms']:.1f} ms "
+        f"against the LSTM's {lstm['core_train_ms']:.1f} ms ({core:.2f}x), a forward pass in "
+        f"{g['core_forward_ms']:.1f} against {lstm['core_forward_ms']:.1f} ms ({fwd:.2f}x), "
+        f"and the whole model trained at {g['tokens_per_s']:,.0f} against "
+        f"{lstm['tokens_per_s']:,.0f} tokens/s ({train:.2f}x)."
+    )
+
+
+def markdown(
+    rows: list[Row], sizes: dict[str, Size], setup: dict[str, Any], plots: list[str], folder: str
+) -> str:
+    """The page: setup, sizes, the results table, the verdict and the plots."""
+    lines = ["# RNN, LSTM and GRU at equal parameter count", ""]
+    lines += [f"- {k}: {v}" for k, v in setup.items()]
+    lines += [
+        "",
+        "## Sizes",
+        "",
+        "| kind | hidden | recurrent params | total params |",
+        "|---|---|---|---|",
+    ]
+    for arch, s in sizes.items():
+        lines.append(f"| {arch} | {s.hidden_size} | {s.recurrent_params:,} | {s.total_params:,} |")
+    lines += [
+        "",
+        "## Results",
+        "",
+        "| kind | epochs | steps | train s | train tok/s | serve tok/s | core fwd ms | "
+        "core fwd+bwd ms | best valid ppl | test ppl | long-range acc |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['arch']} | {r['epochs']} | {r['steps']} | {_fmt(r['train_seconds'], '.0f')} | "
+            f"{_fmt(r['tokens_per_s'], ',.0f')} | {_fmt(r['serve_tokens_per_s'], ',.0f')} | "
+            f"{_fmt(r['core_forward_ms'], '.1f')} | {_fmt(r['core_train_ms'], '.1f')} | "
+            f"{_fmt(r['val_ppl'], '.1f')} | {_fmt(r.get('test_ppl'), '.1f')} | "
+            f"{_fmt(r.get('long_range_acc'), '.3f')} |"
+        )
+    if any(r.get("long_range_by_gap") for r in rows):
+        gaps = sorted({int(g) for r in rows for g in r.get("long_range_by_gap", {})})
+        lines += [
+            "",
+            "Long-range accuracy by gap (built-in corpus):",
+            "",
+            "| kind | " + " | ".join(f"gap {g}" for g in gaps) + " |",
+            "|---|" + "---|" * len(gaps),
+        ]
+        for r in rows:
+            by = r.get("long_range_by_gap") or {}
+            lines.append(
+                f"| {r['arch']} | " + " | ".join(_fmt(by.get(str(g)), ".2f") for g in gaps) + " |"
+            )
+    lines += ["", "## Is the GRU faster?", "", gru_verdict(rows), ""]
+    lines += [f"![{p[:-4]}]({folder}/{p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    path: str, rows: list[Row], sizes: dict[str, Size], setup: dict[str, Any], tokens_per_step: int
+) -> None:
+    """`path` (markdown, written atomically) and its plots in the folder named after it."""
+    page = Path(path)
+    folder = page.with_suffix("")
+    plots = write_plots(rows, folder, tokens_per_step)
+    text = markdown(rows, sizes, setup, plots, folder.name)
+    fd, tmp = tempfile.mkstemp(dir=page.parent, suffix=".md")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, page)
