@@ -17,6 +17,7 @@ USAGE = "usage: gatehouse [-h] [--version] COMMAND [ARGS ...]"
 # name -> (one-line summary, "module:function" taking argv (and prog where it shows one)).
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serve the models over HTTP", "service.__main__:main"),
+    "worker": ("run training jobs from a shared PostgreSQL job store", "service.jobs.claimer:main"),
     "train": ("train a model and save it as a new version", "models.train.cli:main"),
     "evaluate": ("perplexity of a stored model on a text", "models.evaluate:main"),
     "compare": ("train RNN, LSTM and GRU on one corpus and compare", "models.compare:main"),
@@ -26,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "version": ("print the version", "service.cli:version_main"),
 }
 # The entry points that name themselves in --help and errors take the name to show.
-_TAKES_PROG = {"serve", "train", "evaluate", "compare", "models"}
+_TAKES_PROG = {"serve", "worker", "train", "evaluate", "compare", "models"}
 
 
 def version_text() -> str:

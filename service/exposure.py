@@ -56,10 +56,10 @@ def _masked(argv: list[str]) -> list[str]:
     return out
 
 
-def hide_key_from_title(argv: list[str] | None = None) -> bool:
+def hide_key_from_title(argv: list[str] | None = None, module: str = "service") -> bool:
     """Rewrite the process title (what `ps` and /proc/<pid>/cmdline show) with the value of
-    `--api-key` and the password of any URL (`--session-store`) masked; True when there was
-    one to hide. The key still passed through the
+    `--api-key` and the password of any URL (`--session-store`, `--job-store`) masked; True
+    when there was one to hide. The key still passed through the
     command line for an instant, so `api_key_file` or the environment is the safe way."""
     argv = sys.argv if argv is None else argv
     masked = _masked(argv)
@@ -70,5 +70,5 @@ def hide_key_from_title(argv: list[str] | None = None) -> bool:
     except ImportError:  # a declared dependency, but an old install may lack it
         log.warning("setproctitle is not installed: --api-key stays visible in ps")
         return False
-    setproctitle.setproctitle(" ".join([sys.executable, "-m", "service", *masked[1:]]))
+    setproctitle.setproctitle(" ".join([sys.executable, "-m", module, *masked[1:]]))
     return True

@@ -45,6 +45,13 @@ def _blank_is_none(value: Any) -> Any:
     return value
 
 
+def _job_store(value: str) -> str:
+    # The message never repeats the value: a URL may carry a password.
+    if value == "sqlite" or value.startswith(("postgresql://", "postgres://")):
+        return value
+    raise ValueError("must be sqlite or a postgresql:// URL")
+
+
 SESSION_STORE_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
@@ -208,6 +215,20 @@ class Settings(BaseSettings):
         ge=64,
         le=16_777_216,
         description="Refuse (422) a /train request whose estimated peak memory is over this",
+    )
+    job_store: Annotated[str, AfterValidator(_job_store)] = Field(
+        "sqlite",
+        description="where job records live: sqlite (jobs.sqlite3 in the model store) or a "
+        "postgresql:// URL shared by replicas and workers",
+    )
+    run_jobs: bool = Field(
+        True, description="run queued training jobs in this process (off: accept and report only)"
+    )
+    job_lease_s: float = Field(
+        15.0,
+        ge=1,
+        le=3600,
+        description="PostgreSQL job store: a worker silent this long is dead, its job requeued",
     )
 
     @classmethod

@@ -16,9 +16,12 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from models.json_values import json_safe
+
+if TYPE_CHECKING:
+    from .store import JobStore
 
 T = TypeVar("T")
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -359,6 +362,14 @@ class JobDB:
         ).fetchone()
         return None if r is None else _row(r)
 
+    def claim(self) -> JobRow | None:
+        """The oldest queued job, marked running; None when none waits. One thread uses the
+        connection, so nothing can come between the read and the conditional update."""
+        row = self.next_queued()
+        if row is None or not self.mark_running(row.id):
+            return None
+        return self.get(row.id)
+
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(STATES, 0)
         for status, n in self._conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"):
@@ -370,7 +381,8 @@ class JobDB:
 
 
 class AsyncJobDB:
-    """A JobDB used from the event loop: every call runs on one executor thread.
+    """A job store (JobDB, or pg.PgJobDB) used from the event loop: every call runs on one
+    executor thread.
 
     One thread keeps the connection single-threaded and the calls in order; the event loop
     never waits on disk.
@@ -378,15 +390,19 @@ class AsyncJobDB:
 
     def __init__(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobs-db")
-        self._db: JobDB | None = None
+        self._db: Any = None
 
     async def open(self, path: Path) -> None:
         self._db = await self._submit(lambda: JobDB(path))
 
+    async def open_with(self, factory: Callable[[], JobStore]) -> None:
+        """Open whichever store `factory` makes, on the store's thread."""
+        self._db = await self._submit(factory)
+
     async def _submit(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
-    async def run(self, fn: Callable[[JobDB], T]) -> T:
+    async def run(self, fn: Callable[[Any], T]) -> T:
         db = self._db
         if db is None:
             raise RuntimeError("the jobs database is not open")

@@ -72,6 +72,10 @@ class EventHub:
         for job_id in list(self._subs):
             self.end(job_id)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def subscribers(self, job_id: str) -> int:
         return len(self._subs.get(job_id, ()))
 
@@ -130,3 +134,52 @@ async def stream(
             yield format_event(event, data)
     finally:
         hub.unsubscribe(job_id, q)
+
+
+async def stream_stored(
+    hub: EventHub,
+    snapshot: Callable[[], Awaitable[dict[str, Any] | None]],
+    last_event: Callable[[], Awaitable[int]],
+    events_after: Callable[[int], Awaitable[list[tuple[int, str, dict[str, Any]]]]],
+    poll_s: float,
+) -> AsyncIterator[bytes]:
+    """The SSE body for a job in a shared store, which any process may be running.
+
+    The same shape as `stream`: the job now, its events as the store receives them, then
+    `end` with the final record. The store is polled every `poll_s` (a few indexed reads a
+    second per stream) and the record every `POLL_S`, which is how the end is seen; `hub`
+    only tells that this server is shutting down.
+    """
+    loop = asyncio.get_running_loop()
+    after = await last_event()  # before the snapshot: no event falls between the two
+    job = await snapshot()
+    if job is None:
+        return
+    yield format_event("status", job)
+    if job["status"] in FINAL_STATES:
+        yield format_event("end", job)
+        return
+    checked = quiet_since = loop.time()
+    while not hub.closed:
+        await asyncio.sleep(poll_s)
+        for seq, event, data in await events_after(after):
+            after = seq
+            quiet_since = loop.time()
+            yield format_event(event, data)
+        now = loop.time()
+        if now - checked >= POLL_S:
+            checked = now
+            job = await snapshot()
+            if job is None or job["status"] in FINAL_STATES:
+                if job is not None:
+                    # Events stored after the read above and before the end.
+                    for _, event, data in await events_after(after):
+                        yield format_event(event, data)
+                    yield format_event("end", job)
+                return
+        if now - quiet_since >= KEEPALIVE_S:
+            quiet_since = now
+            yield b": keepalive\n\n"
+    final = await snapshot()
+    if final is not None:
+        yield format_event("end", final)

@@ -1,8 +1,13 @@
-"""The job manager: a bounded queue in SQLite, scheduling, recovery, cancel and shutdown.
+"""The job manager: a bounded queue in the job store, scheduling, recovery, cancel, shutdown.
 
-State lives in the database; this object adds what only a live server knows (the workers
-and their latest progress, in `_runs`). `_lock` orders the decisions that race: claiming
+State lives in the store; this object adds what only a live process knows (the workers and
+their latest progress, in `_runs`). `_lock` orders the decisions that race here: claiming
 the next job for a worker, and cancelling.
+
+With SQLite (the default) one server per model store runs its jobs, guarded by a file lock.
+With PostgreSQL (`job_store` a URL) every replica accepts jobs and every process with
+`run_jobs` claims them: leases (lease.py) tell a dead worker's job, a cancel reaches the
+owner through the store, and the SSE streams read the events from the store.
 
 Wiring: `manager = JobManager(settings, registry)`, `await manager.start()` in the lifespan,
 `await manager.stop()` on the way out; `close_streams()` when shutdown begins.
@@ -11,6 +16,7 @@ Wiring: `manager = JobManager(settings, registry)`, `await manager.start()` in t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,18 +28,26 @@ from ..settings import Settings
 from . import events, protocol, spool
 from .bounds import TrainBounds
 from .db import FINAL, AsyncJobDB, JobRow
+from .lease import LeaseKeeper
 from .run import CANCEL_GRACE_S, MAX_INTERRUPTIONS, JobContext, Run
+from .store import describe, is_shared, new_worker_id, opener
 from .views import job_view
 
 log = logging.getLogger("gatehouse.jobs")
 
 STOP_GRACE_S = 20.0  # on shutdown, time for workers to write their checkpoint
 PENDING_RETRY_S = 2.0  # how often a job end the database refused is written again
+CLAIM_POLL_S = 1.0  # shared store: jobs other replicas accepted are looked for this often
+STREAM_POLL_S = 0.25  # shared store: how often an SSE stream reads new events
+STAGING_AGE_SHARED_S = 3600.0  # shared store: another replica's upload may still be staging
 
 
 class JobManager:
     def __init__(
-        self, settings: Settings, registry: ModelRegistry, bounds: TrainBounds | None = None
+        self,
+        settings: Settings,
+        registry: ModelRegistry | None,
+        bounds: TrainBounds | None = None,
     ) -> None:
         self.settings = settings
         self.bounds = bounds or TrainBounds()
@@ -47,11 +61,20 @@ class JobManager:
         self._scheduler: asyncio.Task[None] | None = None
         self._retrier: asyncio.Task[None] | None = None
         self._owner: IO[bytes] | None = None
+        self.shared = is_shared(settings.job_store)
+        self.worker_id = new_worker_id()
+        self.runs_jobs = False  # decided at start
+        self._leases: asyncio.Task[None] | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
-        self._owner = await asyncio.to_thread(spool.own_queue, self.model_dir)
-        await self.db.open(self.settings.jobs_db)
+        await self.db.open_with(opener(self.settings, self.worker_id))
+        if self.shared:
+            await self._start_shared()
+            return
+        if self.settings.run_jobs:
+            self._owner = await asyncio.to_thread(spool.own_queue, self.model_dir)
+        self.runs_jobs = self._owner is not None
         if self._owner is None:
             # Recovering or running jobs here would fight the other server over them.
             log.error(
@@ -72,6 +95,30 @@ class JobManager:
         self._scheduler = asyncio.create_task(self._schedule_loop(), name="jobs-scheduler")
         self._retrier = asyncio.create_task(self._retry_loop(), name="jobs-retry-writes")
         self._wake.set()
+
+    async def _start_shared(self) -> None:
+        """PostgreSQL: no file lock (many processes share the queue) and no recovery at start
+        (a job left running may be another process's, alive): leases decide."""
+        self.runs_jobs = self.settings.run_jobs
+        log.info(
+            "jobs in %s as %s%s",
+            describe(self.settings.job_store),
+            self.worker_id,
+            "" if self.runs_jobs else " (accepting jobs, not running them)",
+        )
+        active = await self.db.run(lambda db: {r.id for r in db.list(("queued", "running"), -1)})
+        removed = await asyncio.to_thread(
+            spool.cleanup, self.model_dir, active, STAGING_AGE_SHARED_S
+        )
+        if removed:
+            log.info("removed %d leftover job directories", len(removed))
+        await self.context.publish_counts()
+        keeper = LeaseKeeper(self.context, self._runs, self.settings.job_lease_s, self._wake.set)
+        self._leases = asyncio.create_task(keeper.loop(), name="jobs-leases")
+        self._retrier = asyncio.create_task(self._retry_loop(), name="jobs-retry-writes")
+        if self.runs_jobs:
+            self._scheduler = asyncio.create_task(self._schedule_loop(), name="jobs-scheduler")
+            self._wake.set()
 
     async def stop(self) -> None:
         """Running workers checkpoint and exit; their jobs resume at the next start."""
@@ -96,6 +143,9 @@ class JobManager:
                     run.worker.kill()
             if late:
                 await asyncio.wait(late, timeout=5.0)
+        if self._leases is not None:  # kept until here: checkpointing workers keep their lease
+            self._leases.cancel()
+            await asyncio.gather(self._leases, return_exceptions=True)
         if self._retrier is not None:
             self._retrier.cancel()
             await asyncio.gather(self._retrier, return_exceptions=True)
@@ -130,6 +180,15 @@ class JobManager:
         return [v for v in views if not statuses or v["status"] in statuses]
 
     def stream(self, job_id: str) -> AsyncIterator[bytes]:
+        if self.shared:
+            # Any process may run it: the events come from the store, whoever wrote them.
+            return events.stream_stored(
+                self.hub,
+                lambda: self.get(job_id),
+                lambda: self.db.run(lambda db: db.last_event(job_id)),
+                lambda after: self.db.run(lambda db: db.events_after(job_id, after)),
+                STREAM_POLL_S,
+            )
         # The database is polled too: a job another server runs, or one whose end this
         # server could not announce, still ends its streams.
         return events.stream(self.hub, job_id, lambda: self.get(job_id))
@@ -139,11 +198,18 @@ class JobManager:
         """429 when the queue is full: running jobs fill the slots, queued ones the queue."""
         if self.context.stopping:
             raise ApiError(503, "the server is shutting down", headers={"Retry-After": "10"})
-        if self._owner is None:
+        if self._owner is None and not self.shared:
             raise ApiError(503, "another server on this model store runs the training jobs")
         counts = await self.context.counts()
         capacity = self.settings.max_running_jobs + self.settings.max_queued_jobs
-        if counts["queued"] + counts["running"] >= capacity:
+        # Shared: how many run at once is the sum over every worker, unknown here; the
+        # bound is on the jobs waiting.
+        full = (
+            counts["queued"] >= self.settings.max_queued_jobs
+            if self.shared
+            else counts["queued"] + counts["running"] >= capacity
+        )
+        if full:
             etas = [r.row.metrics.get("eta_s") for r in self._runs.values()]
             eta = min((e for e in etas if isinstance(e, (int, float))), default=30.0)
             raise ApiError(
@@ -209,18 +275,26 @@ class JobManager:
             if row.final:
                 raise ApiError(409, f"job {job_id} already ended: {row.status}")
             run = self._runs.get(job_id)
-            if run is None and row.status == "running" and self._owner is None:
+            remote = run is None and row.status == "running" and self.shared
+            if remote:
+                # Another process runs it: its lease beat reads the request.
+                if not await self.db.run(lambda db: db.request_cancel(job_id)):
+                    raise ApiError(409, f"job {job_id} changed state meanwhile; look again")
+            elif run is None and row.status == "running" and self._owner is None:
                 raise ApiError(
                     503, f"job {job_id} runs on another server of this model store: cancel it there"
                 )
-            if run is None:
+            elif run is None:
                 if await self.db.run(
                     lambda db: db.finish(job_id, "cancelled", only_from=("queued",))
                 ):
                     await self.context.ended(job_id, "cancelled", 0.0)
                     return await self._must_get(job_id)
                 raise ApiError(409, f"job {job_id} changed state meanwhile; look again")
-            await run.ask(protocol.CANCEL)
+            else:
+                await run.ask(protocol.CANCEL)
+        if run is None:  # asked of another process
+            return await self._await_remote_cancel(job_id)
         try:
             await asyncio.wait_for(run.done.wait(), CANCEL_GRACE_S)
         except asyncio.TimeoutError:
@@ -229,6 +303,25 @@ class JobManager:
                 run.worker.kill()
             await run.done.wait()
         final = await self._must_get(job_id)
+        if final["status"] != "cancelled":
+            raise ApiError(409, f"job {job_id} ended as {final['status']} before it stopped")
+        return final
+
+    async def _await_remote_cancel(self, job_id: str) -> dict[str, Any]:
+        """A cancel the owner reads at its next lease beat; wait for the job's end."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.job_lease_s + CANCEL_GRACE_S + 5.0
+        while True:
+            final = await self._must_get(job_id)
+            if final["status"] in FINAL:
+                break
+            if loop.time() > deadline:
+                raise ApiError(
+                    409,
+                    f"job {job_id}: cancel asked, but its worker has not stopped yet; "
+                    "it will stop when it reads the request (or when its lease runs out)",
+                )
+            await asyncio.sleep(STREAM_POLL_S)
         if final["status"] != "cancelled":
             raise ApiError(409, f"job {job_id} ended as {final['status']} before it stopped")
         return final
@@ -251,7 +344,11 @@ class JobManager:
 
     async def _schedule_loop(self) -> None:
         while not self.context.stopping:
-            await self._wake.wait()
+            if self.shared:  # other replicas queue jobs without waking this one
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), CLAIM_POLL_S)
+            else:
+                await self._wake.wait()
             self._wake.clear()
             try:
                 while len(self._runs) < self.settings.max_running_jobs:
@@ -264,12 +361,11 @@ class JobManager:
 
     async def _launch_next(self) -> bool:
         async with self._lock:
-            row = await self.db.run(lambda db: db.next_queued())
-            if row is None:
+            if self.context.stopping:
                 return False
-            claimed = await self.db.run(lambda db: db.mark_running(row.id) and db.get(row.id))
-            if not claimed:
-                return True
+            claimed = await self.db.run(lambda db: db.claim())
+            if claimed is None:
+                return False
             run = Run(self.context, claimed)
             self._runs[claimed.id] = run
             run.task = asyncio.create_task(self._run(run), name=f"job-{claimed.id}")

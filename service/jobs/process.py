@@ -25,6 +25,7 @@ log = logging.getLogger("gatehouse.jobs")
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _LINE_LIMIT = 4 << 20  # a final event carries the whole history: allow long lines
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+_SECRET_ENV = ("GATEHOUSE_API_KEY", "GATEHOUSE_JOB_STORE")
 
 
 _SIGNAL_HINTS = {
@@ -55,8 +56,8 @@ class WorkerProcess:
     async def spawn(
         cls, job_dir: Path, model_dir: Path, device: str, threads: int
     ) -> WorkerProcess:
-        # The worker needs no secrets: the API key stays with the server.
-        env = {k: v for k, v in os.environ.items() if k != "GATEHOUSE_API_KEY"}
+        # The worker needs no secrets: the API key and the job store's URL stay here.
+        env = {k: v for k, v in os.environ.items() if k not in _SECRET_ENV}
         # Set before torch loads in the child: OpenMP sizes its pool once, at start-up.
         env.update({name: str(threads) for name in _THREAD_ENV})
         env["PYTHONPATH"] = os.pathsep.join(

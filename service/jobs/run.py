@@ -14,7 +14,6 @@ import asyncio
 import dataclasses
 import functools
 import logging
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,9 +24,10 @@ from ..registry import ModelRegistry
 from ..settings import Settings
 from . import protocol, spool
 from .bounds import TrainBounds
-from .db import FINAL, AsyncJobDB, JobDB, JobRow
+from .db import FINAL, AsyncJobDB, JobRow
 from .events import EventHub
 from .process import WorkerProcess, describe_exit
+from .store import STORE_ERRORS, JobStore, is_shared
 from .views import job_view
 
 log = logging.getLogger("gatehouse.jobs")
@@ -39,7 +39,7 @@ _METRIC_KEYS = ("step", "total_steps", "epoch", "epochs", "loss", "ppl", "lr", "
 _METRIC_KEYS += ("elapsed_s", "eta_s", "val_ppl")
 
 
-def _write_end(db: JobDB, job_id: str, row: JobRow, values: dict[str, Any]) -> None:
+def _write_end(db: JobStore, job_id: str, row: JobRow, values: dict[str, Any]) -> None:
     if row.model_version is not None:
         db.record_version(job_id, row.model_version)
     db.finish(job_id, row.status, **values)
@@ -51,7 +51,7 @@ class JobContext:
     def __init__(
         self,
         settings: Settings,
-        registry: ModelRegistry,
+        registry: ModelRegistry | None,
         bounds: TrainBounds,
         db: AsyncJobDB,
         hub: EventHub,
@@ -62,6 +62,8 @@ class JobContext:
         self.db = db
         self.hub = hub
         self.stopping = False  # set by the manager at shutdown
+        # PostgreSQL: other replicas stream this process's job events from the store.
+        self.shared = is_shared(settings.job_store)
         # Jobs that ended while their final state could not be written (a full or failing
         # disk under the database): shown, counted and refused as ended, written when the
         # database takes writes again (`write_pending`).
@@ -78,7 +80,7 @@ class JobContext:
                 await self.db.run(
                     functools.partial(_write_end, job_id=job_id, row=row, values=values)
                 )
-            except (sqlite3.Error, OSError) as e:
+            except STORE_ERRORS as e:
                 log.warning("job %s: its final state still cannot be written: %s", job_id, e)
                 return
             self.pending.pop(job_id, None)
@@ -91,6 +93,15 @@ class JobContext:
         self.hub.end(job_id)
         await asyncio.to_thread(spool.remove, self.settings.model_dir, job_id)
         await self.publish_counts()
+
+    async def publish(self, job_id: str, event: str, data: dict[str, Any]) -> None:
+        """An event for this job's streams: here, and in a shared store for every replica's."""
+        self.hub.publish(job_id, event, data)
+        if self.shared:
+            try:
+                await self.db.run(lambda db: db.add_event(job_id, event, data))
+            except STORE_ERRORS as e:  # a stream misses a snapshot; the record still has it
+                log.warning("job %s: event %s not stored: %s", job_id, event, e)
 
     async def counts(self) -> dict[str, int]:
         """Jobs per state, the ones ended but not yet written counted as ended."""
@@ -117,6 +128,7 @@ class Run:
     accounted: float = field(default_factory=time.monotonic)  # run time written up to here
     requested: str | None = None  # "cancel" or "checkpoint", once asked
     timed_out: bool = False
+    lease_lost: bool = False  # a shared store gave the job to another worker: hands off
     outcome: dict[str, Any] | None = None
     trained: bool = False  # a training step was reported: a checkpoint now would save work
     counted_step: int = 0  # step and session tokens already added to the metrics counters
@@ -189,7 +201,7 @@ class Run:
         log.info(
             "job %s running in worker pid %d (attempt %d)", row.id, self.worker.pid, row.attempts
         )
-        self.ctx.hub.publish(row.id, "status", job_view(row))
+        await self.ctx.publish(row.id, "status", job_view(row))
         return True
 
     def _time_up(self) -> None:
@@ -236,8 +248,8 @@ class Run:
             # A resumed run may repeat an epoch whose end was reported but not checkpointed.
             row.history = [h for h in row.history if (h.get("epoch") or 0) < entry["epoch"]]
             row.history.append(entry)
-            self.ctx.hub.publish(row.id, "epoch", {"job_id": row.id, **entry})
-        self.ctx.hub.publish(
+            await self.ctx.publish(row.id, "epoch", {"job_id": row.id, **entry})
+        await self.ctx.publish(
             row.id,
             "progress",
             {"job_id": row.id, "status": "running", "progress": row.progress, **row.metrics},
@@ -271,18 +283,25 @@ class Run:
         """The worker has exited: record how the job ended (or that it will resume)."""
         row, outcome = self.row, self.outcome or {}
         kind = outcome.get("event")
+        if self.lease_lost:
+            # Whoever holds the job now decides its end; a version saved here is found by
+            # its job id and reported by that attempt.
+            log.warning("job %s: this worker lost its lease; left to its new owner", row.id)
+            return
         if kind == protocol.SUCCEEDED:
             try:
                 version = await self.ctx.db.run(
                     lambda db: db.record_version(row.id, outcome["version"])
                 )
-            except (sqlite3.Error, OSError) as e:  # finish() holds it until it can be written
+            except STORE_ERRORS as e:  # finish() holds it until it can be written
                 log.error("job %s: recording its version failed: %s", row.id, e)
                 version = outcome["version"]
             row.model_version = version
             try:
                 # Served before anyone can read "succeeded": a client may /predict at once.
-                await asyncio.to_thread(self.ctx.registry.refresh)
+                # (A `gatehouse worker` serves nothing: the replicas' store scans find it.)
+                if self.ctx.registry is not None:
+                    await asyncio.to_thread(self.ctx.registry.refresh)
             except Exception:  # the store watcher retries; the job itself did succeed
                 log.exception("job %s: loading %s@%s failed", row.id, row.name, version)
             await self.finish(
@@ -331,7 +350,7 @@ class Run:
         values["add_run_seconds"] = spent
         try:
             changed = await self.ctx.db.run(lambda db: db.finish(job_id, status, **values))
-        except (sqlite3.Error, OSError) as e:
+        except STORE_ERRORS as e:
             log.error("job %s ended %s but the database refused the write: %s", job_id, status, e)
             shown = {k: values[k] for k in ("progress", "metrics", "history") if k in values}
             row = dataclasses.replace(
