@@ -30,7 +30,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m service") -> int:
 
     hide_key_from_title()
     # The server (and torch) load once the settings are known to be good: `--help` and a bad
-    # value answer at once.
+    # value answer at once. N workers: the supervisor runs N servers (service.server.serve_on).
+    if settings.workers > 1:
+        from .supervisor import serve_workers
+
+        return serve_workers(settings)
     from .server import serve
 
     return serve(settings)

@@ -83,14 +83,8 @@ def build_config(settings: Settings) -> uvicorn.Config:
 
 
 def serve(settings: Settings) -> int:
-    """Run until a signal; 0 after a clean stop, 1 if the server never started, 2 if refused.
-
-    `workers` > 1 hands over to the supervisor (service.supervisor), which runs N of these.
-    """
-    if settings.workers > 1:
-        from .supervisor import serve_workers
-
-        return serve_workers(settings)
+    """One server process until a signal; 0 after a clean stop, 1 if it never started, 2 if
+    refused. `workers` > 1 is service.supervisor's (`python -m service` picks which)."""
     logs.configure_logging(settings.log_level)
     problem = check_exposure(settings)
     if problem:

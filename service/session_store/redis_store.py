@@ -48,9 +48,9 @@ from ..sessions import (
     StepFn,
 )
 from ..steps import Step
-from . import lua
 from .base import Resolve
 from .codec import PackedState, StateFormatError, pack, unpack
+from .lua import COMMIT, CREATE, DELETE, FETCH, SWEEP
 
 log = logging.getLogger("gatehouse.sessions")
 
@@ -112,11 +112,11 @@ class RedisSessionStore:
         self._index = f"{prefix}sessions"
         self._model_prefix = f"{prefix}sessions:model:"
         self._models = f"{prefix}session-models"
-        self._create = self._redis.register_script(lua.CREATE)
-        self._fetch_script = self._redis.register_script(lua.FETCH)
-        self._commit = self._redis.register_script(lua.COMMIT)
-        self._delete = self._redis.register_script(lua.DELETE)
-        self._sweep = self._redis.register_script(lua.SWEEP)
+        self._create = self._redis.register_script(CREATE)
+        self._fetch_script = self._redis.register_script(FETCH)
+        self._commit = self._redis.register_script(COMMIT)
+        self._delete = self._redis.register_script(DELETE)
+        self._sweep = self._redis.register_script(SWEEP)
         self._turns: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         self._reaper: asyncio.Task[None] | None = None
         self.evicted = 0
