@@ -177,13 +177,23 @@ def test_every_replica_serves_a_new_version_within_the_reload_interval(
         assert r.status_code == 200 and r.json()["version"] == version
 
 
-@pytest.mark.skipif(STORES, reason="the PostgreSQL job store lets every replica take jobs")
-def test_only_the_first_replica_runs_the_sqlite_job_queue(cluster: list[ServerProcess]) -> None:
-    body = {"name": "replicated", "arch": "gru", "corpus": {"text": TINY_TEXT}, **TINY}
-    for other in cluster[1:]:  # cluster[1] came back after cluster[0] had taken the queue
-        r = httpx.post(other.url + "/train", json=body, timeout=30)
+def test_only_the_first_replica_runs_the_sqlite_job_queue(tmp_path: Path) -> None:
+    """Two replicas on one store with the default SQLite job store (the module's cluster uses
+    PostgreSQL where it is installed): the second answers /train with 503."""
+    models = make_tiny_store(tmp_path / "models")
+    first = replica(models, [])
+    servers = [first]
+    try:
+        first.wait_ready(timeout=120)
+        servers.append(second := replica(models, []))
+        second.wait_ready(timeout=120)
+        body = {"name": "replicated", "arch": "gru", "corpus": {"text": TINY_TEXT}, **TINY}
+        r = httpx.post(second.url + "/train", json=body, timeout=30)
         assert r.status_code == 503, r.text
         assert "another server" in r.json()["message"]
+    finally:
+        for s in servers:
+            s.stop()
 
 
 def _top(predictions: list[dict[str, float]]) -> dict[str, float]:
