@@ -161,8 +161,12 @@ class Settings(BaseSettings):
     body_idle_timeout_s: float = Field(
         30.0, gt=0, le=3600, description="longest silence inside a request body, seconds; 408"
     )
+    # Longer than the idle limits of clients and proxies (httpx 5 s, aiohttp 15 s, nginx's
+    # upstream keepalive 60 s), so they close an idle connection first: a server closing at
+    # the same moment a client reuses the socket costs that client its request. Idle sockets
+    # are the first shed when connections reach the cap, so a long wait is not a DoS.
     keep_alive_s: float = Field(
-        5.0, gt=0, le=3600, description="an idle keep-alive connection closes after this"
+        75.0, gt=0, le=3600, description="an idle keep-alive connection closes after this"
     )
     max_connections: int = Field(
         0, ge=0, le=1_000_000, description="open connections; 0: the open-file limit less 128"

@@ -1,13 +1,15 @@
 """GET and POST /gates: what every gate did on every token.
 
-The answer is streamed a block of rows at a time (`GateAnswer.chunks`), each block written only
-once the client has taken the one before: a client that stops reading holds one block of text
-and its answer's float32 values, and is dropped after `gate_send_timeout_s` without progress.
+A large answer is streamed a block of rows at a time (`GateAnswer.chunks`), each block written
+only once the client has taken the one before: a client that stops reading holds one block of
+text and its answer's float32 values, and is dropped after `gate_send_timeout_s` without
+progress. An answer under `WHOLE_BYTES` goes out whole, with a Content-Length, in one write.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
 from collections.abc import Iterator
@@ -37,8 +39,15 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+# Most answers (a sentence, the summary, a few units) are a few KB. Sent whole they are one
+# write: a proxy receives all of it or, if the replica dies first, none, and then retries the
+# request elsewhere; a stream cut by the death reaches the client truncated.
+WHOLE_BYTES = 256 * 1024
+
+
 class GateStream(StreamingResponse):
-    """The JSON chunks, each encoded and sent once the client has taken the one before."""
+    """The JSON chunks, each encoded and sent once the client has taken the one before; an
+    answer that ends within `WHOLE_BYTES` is sent as one body instead."""
 
     def __init__(self, chunks: Iterator[bytes], send_timeout_s: float) -> None:
         super().__init__(chunks, media_type="application/json")
@@ -48,10 +57,14 @@ class GateStream(StreamingResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gone = self.gone
+        head, rest = _first_bytes(self.chunks, WHOLE_BYTES)
+        if rest is None:
+            await self._send_whole(send, head)
+            return
         start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
         await send(start)
         try:
-            for chunk in self.chunks:
+            for chunk in itertools.chain((head,), rest):
                 if gone is not None and gone.done():
                     return  # nobody reads the rest: stop encoding it
                 message = {"type": "http.response.body", "body": chunk, "more_body": True}
@@ -65,6 +78,26 @@ class GateStream(StreamingResponse):
             return
         if self.background is not None:
             await self.background()
+
+    async def _send_whole(self, send: Send, body: bytes) -> None:
+        headers = [*self.raw_headers, (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+        if self.background is not None:
+            await self.background()
+
+
+def _first_bytes(chunks: Iterator[bytes], limit: int) -> tuple[bytes, Iterator[bytes] | None]:
+    """The chunks joined until they pass `limit` bytes, with the iterator of the rest; the
+    rest is None when every chunk fitted."""
+    held: list[bytes] = []
+    size = 0
+    for chunk in chunks:
+        held.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"".join(held), chunks
+    return b"".join(held), None
 
 
 _INDEX_LIST = re.compile(r"^\d{1,6}(-\d{1,6})?(,\d{1,6}(-\d{1,6})?){0,4095}$")

@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from service.batcher import DynamicBatcher, QueueFull
+from service.routes import gates as gates_route
 from tests.helpers import ServerProcess, save_tiny_model
 
 from .conftest import make_settings
@@ -153,6 +154,20 @@ async def test_streamed_gates_answer_is_the_plain_json_of_the_typed_answer(
     r = await c.post("/gates", json={**body, "top_k": 3, "round": 4})
     assert r.status_code == 200 and r.content == streamed
     assert answer.values.layers[0]["update"].shape == (6, 3)  # unit 3 held once
+
+
+async def test_a_small_gates_answer_goes_whole_and_a_large_one_streams(
+    make_client, tiny_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = await make_client(make_settings(tiny_store))
+    body = {"model": "lstm", "text": "the clouds are in the sky"}
+    whole = await c.post("/gates", json=body)
+    assert whole.status_code == 200
+    assert whole.headers["content-length"] == str(len(whole.content))
+    monkeypatch.setattr(gates_route, "WHOLE_BYTES", 100)
+    streamed = await c.post("/gates", json=body)
+    assert streamed.status_code == 200 and "content-length" not in streamed.headers
+    assert streamed.content == whole.content
 
 
 # ---- a real server ----------------------------------------------------------------------
