@@ -130,7 +130,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     errors.install(app)
-    routers = (health, models, predict, score, gates, sessions, jobs, openai, oip)
+    # FastAPI matches a request against each route in turn: the routes that carry load come
+    # early (the protocol routers' first route is their inference call), the rest after.
+    routers = (health, models, predict, openai, oip, score, gates, sessions, jobs)
     for router in (r.router for r in routers):
         app.include_router(router)
     app.add_middleware(

@@ -46,18 +46,7 @@ def _card(loaded: LoadedModel) -> ModelCard:
     return ModelCard(id=loaded.name, created=created)
 
 
-@router.get("/models", response_model=ModelCardList, summary="Served models (OpenAI shape)")
-async def list_models(registry: RegistryDep) -> ModelCardList:
-    return ModelCardList(data=[_card(m) for m in registry.loaded()])
-
-
-@router.get(
-    "/models/{model}", response_model=ModelCard, summary="One served model", responses=ERRORS
-)
-async def get_model(model: str, engine: EngineDep) -> ModelCard:
-    return _card(engine.resolve(model))
-
-
+# Completions first: FastAPI tries routes in order, and this is the one under load.
 @router.post(
     "/completions",
     response_model=Completion,
@@ -77,3 +66,15 @@ async def completions(
     # A response, not a model: FastAPI would validate the whole answer again (`Completion`
     # documents it; tests/service/test_openai.py checks it through the SDK's own types).
     return JSONResponse(await complete(engine, plan))
+
+
+@router.get("/models", response_model=ModelCardList, summary="Served models (OpenAI shape)")
+async def list_models(registry: RegistryDep) -> ModelCardList:
+    return ModelCardList(data=[_card(m) for m in registry.loaded()])
+
+
+@router.get(
+    "/models/{model}", response_model=ModelCard, summary="One served model", responses=ERRORS
+)
+async def get_model(model: str, engine: EngineDep) -> ModelCard:
+    return _card(engine.resolve(model))
