@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if not PEER.exists():
         print(f"error: the peer is not at {PEER}", file=sys.stderr)
         return 2
-    data = Path(args.data)
+    data = Path(args.data).resolve()  # the peer runs in another folder
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="train-vs-peer-") as tmp:
         work = Path(tmp)
