@@ -21,7 +21,7 @@ from models.store import (
 )
 
 from ..auth import require_reader
-from ..deps import ReaderDep, RegistryDep
+from ..deps import RegistryDep
 from ..errors import ApiError
 from ..redact import version_message
 from ..registry import ModelRegistry
@@ -116,7 +116,6 @@ _VERSION_FILES = {
 )
 async def download_version_file(
     registry: RegistryDep,
-    _: ReaderDep,
     name: str = Path(max_length=64, examples=["lstm"]),
     version: str = Path(max_length=9, examples=["1"]),
     part: str = Path(max_length=16, examples=["weights", "meta", "vocab"]),

@@ -15,7 +15,7 @@ from models.store import LoadedModel
 
 from ..auth import require_reader
 from ..departure import WatchedRoute
-from ..deps import EngineDep, ReaderDep, RegistryDep
+from ..deps import EngineDep, RegistryDep
 from ..errors import JSONResponse
 from ..openai.completions import complete, prepare, stream
 from ..schemas.openai import Completion, CompletionRequest, ModelCard, ModelCardList, OpenAIError
@@ -54,8 +54,8 @@ def _card(loaded: LoadedModel) -> ModelCard:
     responses={**ERRORS, 200: {"content": {"text/event-stream": {}}}},
 )
 async def completions(
-    body: CompletionRequest, engine: EngineDep, _: ReaderDep
-) -> JSONResponse | StreamingResponse:
+    body: CompletionRequest, engine: EngineDep
+) -> JSONResponse | StreamingResponse:  # the key: the router's require_reader
     plan = prepare(engine, body)
     if body.stream:
         return StreamingResponse(
