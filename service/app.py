@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from models.device import resolve_device
 
-from . import edge, errors, metrics
+from . import direct, edge, errors, metrics
 from .bootstrap import bootstrap_defaults
 from .error_shapes import ErrorShapes
 from .errors import JSONResponse
@@ -35,6 +35,10 @@ log = logging.getLogger("gatehouse")
 DESCRIPTION = """Serve, inspect and train recurrent next-word language models (tanh RNN, LSTM,
 GRU). `/predict` gives the next-word distribution, `/gates` shows what every gate did on each
 token, `/train` trains a new model from a posted corpus, `/metrics` is for Prometheus."""
+
+
+# Every FastAPI signal off: otherwise each request looks up the global OpenTelemetry providers.
+_NO_TELEMETRY = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
 
 
 def _torch_threads(settings: Settings) -> int:
@@ -127,6 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # them from a declared package instead, so they work offline.
         docs_url=None,
         redoc_url=None,
+        telemetry=None if settings.opentelemetry else _NO_TELEMETRY,
     )
     app.state.settings = settings
     errors.install(app)
@@ -135,6 +140,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     routers = (health, models, predict, openai, oip, score, gates, sessions, jobs)
     for router in (r.router for r in routers):
         app.include_router(router)
+    # The JSON inference calls skip FastAPI's per-request machinery (service.direct).
+    lane = ("/predict", "/v1/completions", "/score")
+    direct.install(app, (predict.router, openai.router, score.router), lane)
     app.add_middleware(
         BodyLimitMiddleware,
         max_body_bytes=settings.max_body_bytes,

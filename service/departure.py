@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -69,6 +69,18 @@ async def _watch(receive: Receive, gone: asyncio.Future[None]) -> None:
         gone.set_result(None)
 
 
+@contextlib.contextmanager
+def watching(receive: Receive) -> Iterator[None]:
+    """The request whose messages `receive` gives is watched while the block runs."""
+    token = _current.set(_Watch(receive))
+    try:
+        yield
+    finally:
+        # An app called in its client's own task (httpx's ASGITransport) must not leave this
+        # request's watch behind for the next one.
+        _current.reset(token)
+
+
 class WatchedRoute(APIRoute):
     """A route whose requests are watched: until its handler returns, the engine drops the
     request's work if its client disconnects. A route class rather than a dependency with
@@ -78,13 +90,8 @@ class WatchedRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def watched(request: Request) -> Response:
-            token = _current.set(_Watch(request.receive))
-            try:
+            with watching(request.receive):
                 return await handler(request)
-            finally:
-                # An app called in its client's own task (httpx's ASGITransport) must not
-                # leave this request's watch behind for the next one.
-                _current.reset(token)
 
         return watched
 

@@ -195,7 +195,9 @@ class InferenceEngine:
     @staticmethod
     def _predictions(loaded: LoadedModel, ids: list[int], probs: list[float]) -> list[Prediction]:
         itos = loaded.tokenizer.vocab.itos
-        return [Prediction(word=itos[i], prob=p) for i, p in zip(ids, probs, strict=True)]
+        # Built from the vocabulary and a softmax: nothing to validate.
+        make = Prediction.model_construct
+        return [make(word=itos[i], prob=p) for i, p in zip(ids, probs, strict=True)]
 
     def _admit(self, req: TextsRequest, top_k: int) -> tuple[LoadedModel, list[Encoded]]:
         """The limits every text request meets, then its model and its texts encoded."""

@@ -42,7 +42,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = _wanted_headers(scope["headers"])
         upload = scope["path"] in _MULTIPART_PATHS
         limit = self.max_upload if upload else self.max_body
         ctype = headers.get("content-type", "").split(";")[0].strip().lower()
@@ -62,6 +62,10 @@ class BodyLimitMiddleware:
                 return
             if too_big:
                 await self._reject(scope, receive, send, limit, headers, int(declared))
+                return
+            if "transfer-encoding" not in headers:
+                # The HTTP parser delivers exactly the declared length: nothing to count.
+                await self.app(scope, receive, send)
                 return
 
         seen = 0
@@ -123,6 +127,16 @@ class BodyLimitMiddleware:
         if not waits and (declared is None or declared <= self.drain_bytes):
             await _drain(receive, self.drain_bytes)
         await send({"type": "http.response.body", "body": b""})
+
+
+_WANTED = frozenset((b"content-type", b"content-length", b"transfer-encoding", b"expect"))
+
+
+def _wanted_headers(raw: Any) -> dict[str, str]:
+    """The headers the guard reads."""
+    return {
+        k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw if k.lower() in _WANTED
+    }
 
 
 async def _drain(receive: Receive, budget: int) -> None:

@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="the least severe log level written"
     )
+    opentelemetry: bool = Field(
+        False,
+        description="FastAPI's own OpenTelemetry spans and metrics, for a process that "
+        "configures an OpenTelemetry SDK (off: no per-request provider lookup)",
+    )
     default_model: str = Field("lstm", description="the model a request without one gets")
     torch_threads: int = Field(
         0, ge=0, le=256, description="torch threads for inference (0: one per core)"
