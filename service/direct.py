@@ -107,9 +107,10 @@ class _Lane:
         await self._answer(scope, receive, send, value)
 
     def _validate(self, body: bytes) -> Any:
+        """The body as the route's field validates it, or None for the route to refuse."""
         try:
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
             return None
         value, errors = self.route.body_field.validate(data, {}, loc=("body",))  # type: ignore[union-attr]
         return None if errors else value

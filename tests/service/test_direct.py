@@ -37,6 +37,7 @@ REFUSED = [
     ("/predict", b"null"),
     ("/predict", b"[1, 2]"),
     ("/predict", b'"a text"'),
+    ("/predict", b"[" * 5000),  # deeper than the JSON parser goes
     ("/predict", b'{"text": 5}'),
     ("/predict", b'{"text": "a", "texts": ["b"]}'),
     ("/predict", b'{"text": "a", "top_k": 0}'),
