@@ -4,12 +4,12 @@ One layer instead of three stacked ones (logs.RequestLogMiddleware, metrics.Metr
 and a HEAD adapter): each stacked layer costs a coroutine frame, a closure and a rewrapped
 `send` per request, which on a request as cheap as a tiny model's `/predict` is a measurable
 share of its CPU time. The behaviour is exactly that of the separate layers, which stay for
-apps that install only one of them.
+apps that install only one of them; the metrics part is the same code in both
+(`metrics.http.Observation`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
@@ -17,16 +17,14 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import logs
-from .metrics import CLIENT_CLOSED, route_template
+from .metrics import route_template
 from .metrics.exemplars import exemplar_labels, trace_id_from
 from .metrics.families import (
     HTTP_DURATION,
-    HTTP_IN_FLIGHT,
     HTTP_RESPONSES,
-    HTTP_STREAMS_OPEN,
     METHODS,
 )
-from .metrics.http import _init_route_series, _is_event_stream
+from .metrics.http import Observation, _init_route_series
 
 
 class EdgeMiddleware:
@@ -74,13 +72,8 @@ class EdgeMiddleware:
         scope.setdefault("state", {})["request_id"] = ctx.request_id
         inner = {**scope, "method": "GET"} if method == "HEAD" else scope
         header = (logs._HEADER_KEY, ctx.request_id.encode("ascii"))
-        status = 500
-        started = streaming = recorded = False
-        HTTP_IN_FLIGHT.inc()
 
-        def record() -> None:
-            nonlocal recorded
-            recorded = True
+        def record(status: int) -> None:
             label = method if method in METHODS else "other"
             latency, responses = self._children(route_template(inner), label, status)
             latency.observe(
@@ -88,36 +81,17 @@ class EdgeMiddleware:
             )
             responses.inc()
 
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status, started, streaming
-            if message["type"] == "http.response.start":
-                started = True
-                status = int(message["status"])
-                raw = message.get("headers", ())
-                headers = [(k, v) for k, v in raw if k != logs._HEADER_KEY]
-                headers.append(header)
-                message = {**message, "headers": headers}
-                if _is_event_stream(raw):
-                    streaming = True
-                    HTTP_IN_FLIGHT.dec()
-                    HTTP_STREAMS_OPEN.inc()
-                    record()
-            await send(message)
+        def with_request_id(message: Message) -> Message:
+            raw = message.get("headers", ())
+            headers = [(k, v) for k, v in raw if k != logs._HEADER_KEY]
+            headers.append(header)
+            return {**message, "headers": headers}
 
+        observed = Observation(record, with_request_id)
         try:
-            await self.app(inner, receive, send_wrapper)
-        except asyncio.CancelledError:
-            if not started:
-                status = CLIENT_CLOSED  # the client left: not a server error
-            raise
+            await observed.run(self.app, inner, receive, send)
         finally:
-            if streaming:
-                HTTP_STREAMS_OPEN.dec()
-            else:
-                HTTP_IN_FLIGHT.dec()
-            if not recorded:
-                record()
-            self._log(inner, scope, ctx, status, time.perf_counter() - start)
+            self._log(inner, scope, ctx, observed.status, time.perf_counter() - start)
             logs._current.reset(token)
 
     def _log(self, inner: Scope, scope: Scope, ctx: Any, status: int, elapsed: float) -> None:

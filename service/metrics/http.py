@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from fastapi import Depends
@@ -52,10 +52,65 @@ def _init_route_series(app: Any) -> None:
                 HTTP_DURATION.labels(path, method, status)
 
 
+class Observation:
+    """One HTTP request's metrics while the app answers it: in flight until the answer ends,
+    except an event stream, which leaves the in-flight gauge when its headers go out and counts
+    as an open stream until it ends (its latency is time to headers). `record(status)` is
+    called once; `status` is the answer's, 499 for a client that left before any, 500 for an
+    app that failed before any."""
+
+    __slots__ = ("status", "_record", "_rewrite", "_started", "_streaming", "_recorded")
+
+    def __init__(
+        self,
+        record: Callable[[int], None],
+        rewrite: Callable[[Message], Message] | None = None,
+    ) -> None:
+        self.status = 500
+        self._record = record
+        self._rewrite = rewrite  # applied to the response-start message
+        self._started = self._streaming = self._recorded = False
+
+    async def run(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        HTTP_IN_FLIGHT.inc()
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self._started = True
+                self.status = int(message["status"])
+                raw = message.get("headers", ())
+                if self._rewrite is not None:
+                    message = self._rewrite(message)
+                if _is_event_stream(raw):
+                    self._streaming = True
+                    HTTP_IN_FLIGHT.dec()
+                    HTTP_STREAMS_OPEN.inc()
+                    self._done()
+            await send(message)
+
+        try:
+            await app(scope, receive, send_wrapper)
+        except asyncio.CancelledError:
+            if not self._started:
+                self.status = CLIENT_CLOSED  # the client left: not a server error
+            raise
+        finally:
+            # Runs on success, on an exception and on cancellation.
+            if self._streaming:
+                HTTP_STREAMS_OPEN.dec()
+            else:
+                HTTP_IN_FLIGHT.dec()
+            if not self._recorded:
+                self._done()
+
+    def _done(self) -> None:
+        self._recorded = True
+        self._record(self.status)
+
+
 class MetricsMiddleware:
     """Pure ASGI: passes every message straight through (no buffering), so streamed bodies flow
-    as they are produced. Event streams leave the in-flight gauge when their headers go out and
-    are counted as open streams until they end; their latency is time to headers."""
+    as they are produced; each request is an `Observation`."""
 
     def __init__(self, app: ASGIApp, owner: Any = None) -> None:
         self.app = app
@@ -75,14 +130,9 @@ class MetricsMiddleware:
         if method not in METHODS:
             method = "other"
         start = time.perf_counter()
-        status = 500
-        recorded = started = streaming = False
         trace_id = trace_id_from(scope)
-        HTTP_IN_FLIGHT.inc()
 
-        def record() -> None:
-            nonlocal recorded
-            recorded = True
+        def record(status: int) -> None:
             # The request id is set by the access-log middleware, which wraps this one.
             request_id = (scope.get("state") or {}).get("request_id")
             HTTP_DURATION.labels(route_template(scope), method, str(status)).observe(
@@ -90,32 +140,7 @@ class MetricsMiddleware:
             )
             HTTP_RESPONSES.labels(f"{status // 100}xx").inc()
 
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status, streaming, started
-            if message["type"] == "http.response.start":
-                started = True
-                status = int(message["status"])
-                if _is_event_stream(message.get("headers", ())):
-                    streaming = True
-                    HTTP_IN_FLIGHT.dec()
-                    HTTP_STREAMS_OPEN.inc()
-                    record()
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        except asyncio.CancelledError:
-            if not started:
-                status = CLIENT_CLOSED  # the client left: not a server error
-            raise
-        finally:
-            # Runs on success, on an exception and on cancellation.
-            if streaming:
-                HTTP_STREAMS_OPEN.dec()
-            else:
-                HTTP_IN_FLIGHT.dec()
-            if not recorded:
-                record()
+        await Observation(record).run(self.app, scope, receive, send)
 
 
 def _is_event_stream(headers: Iterable[tuple[bytes, bytes]]) -> bool:
