@@ -19,6 +19,7 @@ read nothing but the request (`eligible`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import json
 from collections.abc import Iterable
@@ -46,15 +47,11 @@ def eligible(route: APIRoute) -> bool:
         return False
     if d.response_param_name or d.background_tasks_param_name or d.security_scopes_param_name:
         return False
-    if not route.dependant.call or not _is_async(route.dependant.call):
+    if not route.dependant.call or not inspect.iscoroutinefunction(route.dependant.call):
         return False
     if route.response_field is None:
         return False
     return all(_request_only(sub) for sub in d.dependencies)
-
-
-def _is_async(call: Any) -> bool:
-    return inspect.iscoroutinefunction(call)
 
 
 def _request_only(d: Any) -> bool:
@@ -64,7 +61,7 @@ def _request_only(d: Any) -> bool:
         and not d.dependencies
         and d.request_param_name is not None
         and d.call is not None
-        and _is_async(d.call)
+        and inspect.iscoroutinefunction(d.call)
     )
 
 
@@ -78,13 +75,24 @@ def _json_body(scope: Scope) -> bool:
 class _Lane:
     """One route on the lane: what its FastAPI handler would do for a valid request."""
 
-    __slots__ = ("route", "body_name", "deps", "watched")
+    __slots__ = ("route", "body_name", "deps", "watched", "_dump")
 
     def __init__(self, route: APIRoute) -> None:
         self.route = route
         self.body_name = route.dependant.body_params[0].name
         self.deps = [(d.name, d.call) for d in route.dependant.dependencies]
         self.watched = isinstance(route, WatchedRoute)
+        assert route.response_field is not None  # `eligible` routes declare their answer
+        # The route's answer settings, bound once rather than read on every request.
+        self._dump = functools.partial(
+            route.response_field.serialize_json,
+            include=route.response_model_include,
+            exclude=route.response_model_exclude,
+            by_alias=route.response_model_by_alias,
+            exclude_unset=route.response_model_exclude_unset,
+            exclude_defaults=route.response_model_exclude_defaults,
+            exclude_none=route.response_model_exclude_none,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         messages: list[Message] = []
@@ -141,19 +149,6 @@ class _Lane:
             }
         )
         await send({"type": "http.response.body", "body": content})
-
-    def _dump(self, value: Any) -> bytes:
-        route = self.route
-        assert route.response_field is not None  # `eligible` routes declare their answer
-        return route.response_field.serialize_json(
-            value,
-            include=route.response_model_include,
-            exclude=route.response_model_exclude,
-            by_alias=route.response_model_by_alias,
-            exclude_unset=route.response_model_exclude_unset,
-            exclude_defaults=route.response_model_exclude_defaults,
-            exclude_none=route.response_model_exclude_none,
-        )
 
 
 def _replay(messages: list[Message], failure: BaseException | None, receive: Receive) -> Receive:
