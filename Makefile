@@ -24,8 +24,9 @@ install: $(STAMP)
 
 install-test: $(TEST_STAMP)
 
+# The checked-in comparison (docs/comparison.md) is what the page's Compare view shows.
 serve: install
-	$(BIN)/gatehouse serve $(ARGS)
+	$(BIN)/gatehouse serve --comparison-report docs/comparison/report.json $(ARGS)
 
 # promtool/prometheus (metrics tests), hey (benchmarks), chromium (browser tests), and
 # redis-server, nginx and postgresql (scale-out tests) come from Debian when missing: one

@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 
 from models import store
+from models.device import cpu_name
 from models.lm import HALF_DTYPES, tune_decoder
 
 from . import c1_check, hey, peer, raw, serving_model, session_latency
-from .machine import cpu_name
 from .report import OFF, ON, PEER, PEER_OFF, Results, markdown, on_half, targets
 from .server import Server
 

@@ -24,8 +24,8 @@ import torch
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.machine import cpu_name  # noqa: E402
 from models.corpus import Corpus, corpus_from_splits  # noqa: E402
+from models.device import cpu_name  # noqa: E402
 from models.lm import ARCHS  # noqa: E402
 from models.train import TrainConfig, train  # noqa: E402
 

@@ -24,10 +24,10 @@ import torch
 
 from models import store
 from models.builtin import builtin_text
+from models.device import cpu_name
 from models.lm import RNNLM, ModelConfig
 from models.tokenizer import Tokenizer, Vocab, tokenize
 
-from .machine import cpu_name
 from .server import Server
 
 TOKENS, HIDDEN, LAYERS = 512, 650, 2

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .machine import cpu_name
+from models.device import cpu_name
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "wikitext-2"

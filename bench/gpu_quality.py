@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from .machine import cpu_name
+from models.device import cpu_name
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "wikitext-2"

@@ -35,11 +35,11 @@ from pathlib import Path
 import torch
 
 from models import store
+from models.device import cpu_name
 from models.lm import RNNLM, ModelConfig
 
 from . import hey
 from .echo import NAME, TEXT, build_tiny
-from .machine import cpu_name
 from .server import REPO, Server, free_port
 
 READY_LINE = "Application startup complete"

@@ -44,9 +44,9 @@ import torch
 
 from models import store
 from models.corpus import corpus_from_builtin
+from models.device import cpu_name
 from models.lm import RNNLM, ModelConfig
 
-from .machine import cpu_name
 from .server import Server, free_port
 
 NAME = "lstm"

@@ -176,10 +176,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--archs", default="lstm,gru,rnn")
     p.add_argument("--threads", type=int, default=0, help="torch threads for both (0: default)")
     p.add_argument("--ours", default="", help="extra flags for models.train, one string")
+    p.add_argument(
+        "--programs",
+        default="peer,ours",
+        help="which to run each round (ours alone: a flag set against a peer figure "
+        "measured earlier; the summary table needs both)",
+    )
     p.add_argument("--json", help="also write every run's figures to this file")
     args = p.parse_args(argv)
     if not PEER.exists():
         print(f"error: the peer is not at {PEER}", file=sys.stderr)
+        return 2
+    programs = [p.strip() for p in args.programs.split(",") if p.strip()]
+    if not programs or set(programs) - {"peer", "ours"}:
+        print("error: --programs takes peer, ours or both", file=sys.stderr)
         return 2
     data = Path(args.data).resolve()  # the peer runs in another folder
     runs: list[dict[str, Any]] = []
@@ -195,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         for arch in args.archs.split(","):
             for round_ in range(args.rounds):
-                for program in ("peer", "ours"):
+                for program in programs:
                     if program == "peer":
                         r = run_peer(arch, data, work, args.threads)
                     else:
@@ -203,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
                     r.update(arch=arch, round=round_ + 1, load=os.getloadavg()[0])
                     runs.append(r)
                     print(json.dumps(r), flush=True)
-    print(format_summary(runs))
+    if programs == ["peer", "ours"]:
+        print(format_summary(runs))
     if args.json:
         Path(args.json).write_text(json.dumps(runs, indent=1) + "\n", encoding="utf-8")
     return 0

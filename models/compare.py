@@ -36,6 +36,7 @@ from models.compare_sizes import MATCHES, Size, matched_sizes
 from models.compare_speed import measure
 from models.corpus import Corpus, CorpusError, corpus_from_builtin, corpus_from_splits
 from models.defaults import default_configs
+from models.device import describe_machine
 from models.help_format import HelpFormatter
 from models.lm import ARCHS
 from models.train import TrainConfig, TrainingError, TrainResult, train
@@ -290,6 +291,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m models.compare") 
         print(f"plot: {args.plot}")
     if args.report:
         first = next(iter(results.values())).config
+        device = next(iter(results.values())).model.decoder.weight.device
         reference = make_configs(args, ("lstm",), not files)["lstm"].hidden_size
         setup = {
             "command": " ".join([prog, *(argv if argv is not None else sys.argv[1:])]),
@@ -297,10 +299,14 @@ def main(argv: list[str] | None = None, prog: str = "python -m models.compare") 
             f"{corpus.valid.numel():,} validation tokens, {len(corpus.tokenizer.vocab):,} words",
             "training": f"{first.num_layers} layers, batch {first.batch_size}, bptt "
             f"{first.bptt}, {first.optimizer} lr {first.effective_lr:g}, "
+            f"dropout {first.dropout:g}, "
             f"{torch.get_num_threads() if not args.num_threads else args.num_threads} "
-            f"torch thread(s), device {first.device}",
+            "torch thread(s)",
+            "device": device.type,
+            "machine": describe_machine(device),
             "matched": f"{args.match} parameters, to the LSTM at hidden {reference}",
             "wall time": f"{time.monotonic() - start:.0f} s",
+            "date": time.strftime("%Y-%m-%d", time.gmtime()),
         }
         rows = report_rows(results, longrange, first.bptt)
         write_report(args.report, rows, sizes, setup, first.batch_size * first.bptt)

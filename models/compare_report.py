@@ -1,21 +1,29 @@
-"""The comparison written out: a markdown page and its PNG plots (`--report PATH.md`).
+"""The comparison written out: a markdown page, its PNG plots and its data (`--report PATH.md`).
 
 The plots go to a folder beside the page named after it (docs/comparison.md ->
 docs/comparison/): validation perplexity against epochs and against training seconds, and
-long-range accuracy by gap on the built-in corpus's prompts.
+long-range accuracy by gap on the built-in corpus's prompts. The same folder gets
+`report.json`, the figures the page's comparison view draws (`gatehouse serve
+--comparison-report docs/comparison/report.json`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from models.compare_sizes import Size
+from models.json_values import json_safe
 
 Row = dict[str, Any]
+# mkstemp makes files only their owner may read; a page, its plots and the report a server
+# (often another user) reads are meant to be read by everyone, as `open` would leave them.
+_READABLE = 0o644
 
 
 def train_seconds(entry: dict[str, Any], tokens_per_step: int) -> float:
@@ -49,6 +57,7 @@ def _plot(
     # Written beside the target and renamed over it: a reader never sees half a PNG.
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
     os.close(fd)
+    os.chmod(tmp, _READABLE)
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, path)
@@ -83,7 +92,12 @@ def _fmt(v: Any, spec: str) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
-def gru_verdict(rows: list[Row]) -> str:
+def kernels_of(device: str) -> str:
+    """What the timings measured: cuDNN's fused kernels on CUDA, PyTorch's CPU kernels else."""
+    return "cuDNN kernels" if str(device).startswith("cuda") else "CPU kernels"
+
+
+def gru_verdict(rows: list[Row], kernels: str = "CPU kernels") -> str:
     """Whether "GRU is faster" held here, from the core kernel timings and training speed."""
     by = {r["arch"]: r for r in rows}
     if "gru" not in by or "lstm" not in by:
@@ -94,7 +108,7 @@ def gru_verdict(rows: list[Row]) -> str:
     train = g["tokens_per_s"] / lstm["tokens_per_s"]
     held = "holds" if core > 1.0 and train > 1.0 else "does not hold"
     return (
-        f'"GRU is faster" {held} for the CPU kernels at equal parameter count: the GRU\'s '
+        f'"GRU is faster" {held} for the {kernels} at equal parameter count: the GRU\'s '
         f"recurrent layers ran a training step (forward+backward) in {g['core_train_ms']:.1f} ms "
         f"against the LSTM's {lstm['core_train_ms']:.1f} ms ({core:.2f}x), a forward pass in "
         f"{g['core_forward_ms']:.1f} against {lstm['core_forward_ms']:.1f} ms ({fwd:.2f}x), "
@@ -104,7 +118,12 @@ def gru_verdict(rows: list[Row]) -> str:
 
 
 def markdown(
-    rows: list[Row], sizes: dict[str, Size], setup: dict[str, Any], plots: list[str], folder: str
+    rows: list[Row],
+    sizes: dict[str, Size],
+    setup: dict[str, Any],
+    plots: list[str],
+    folder: str,
+    verdict: str,
 ) -> str:
     """The page: setup, sizes, the results table, the verdict and the plots."""
     lines = ["# RNN, LSTM and GRU at equal parameter count", ""]
@@ -148,20 +167,66 @@ def markdown(
             lines.append(
                 f"| {r['arch']} | " + " | ".join(_fmt(by.get(str(g)), ".2f") for g in gaps) + " |"
             )
-    lines += ["", "## Is the GRU faster?", "", gru_verdict(rows), ""]
+    lines += ["", "## Is the GRU faster?", "", verdict, ""]
     lines += [f"![{p[:-4]}]({folder}/{p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+REPORT_FORMAT = 1  # report.json's layout; the page's comparison view reads this version
+_NOT_FIGURES = ("history", "long_range_by_gap", "long_range_acc_by_gap")
+
+
+def report_data(
+    rows: list[Row],
+    sizes: dict[str, Size],
+    setup: dict[str, Any],
+    tokens_per_step: int,
+    verdict: str,
+) -> dict[str, Any]:
+    """What report.json holds: the setup, the sizes, per kind its figures and its validation
+    curve (epoch, step, training seconds, perplexities), and the verdict."""
+    kinds = []
+    for r in rows:
+        curve = [
+            {
+                "epoch": h["epoch"],
+                "step": h["step"],
+                "seconds": train_seconds(h, tokens_per_step),
+                "val_ppl": h["val_ppl"],
+                "train_ppl": h.get("train_ppl"),
+            }
+            for h in r["history"]
+        ]
+        figures = {k: v for k, v in r.items() if k not in _NOT_FIGURES}
+        kinds.append({**figures, "long_range_by_gap": r.get("long_range_by_gap"), "curve": curve})
+    return json_safe(
+        {
+            "format": REPORT_FORMAT,
+            "setup": setup,
+            "sizes": [asdict(s) for s in sizes.values()],
+            "kinds": kinds,
+            "verdict": verdict,
+        }
+    )
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix)
+    os.chmod(tmp, _READABLE)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def write_report(
     path: str, rows: list[Row], sizes: dict[str, Size], setup: dict[str, Any], tokens_per_step: int
 ) -> None:
-    """`path` (markdown, written atomically) and its plots in the folder named after it."""
+    """`path` (markdown), its plots and report.json in the folder named after it, each file
+    written atomically."""
     page = Path(path)
     folder = page.with_suffix("")
     plots = write_plots(rows, folder, tokens_per_step)
-    text = markdown(rows, sizes, setup, plots, folder.name)
-    fd, tmp = tempfile.mkstemp(dir=page.parent, suffix=".md")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, page)
+    verdict = gru_verdict(rows, kernels_of(setup.get("device", "cpu")))
+    data = report_data(rows, sizes, setup, tokens_per_step, verdict)
+    _write_atomically(folder / "report.json", json.dumps(data, indent=1) + "\n")
+    _write_atomically(page, markdown(rows, sizes, setup, plots, folder.name, verdict))

@@ -1,7 +1,12 @@
 """Which torch device a `--device` setting means: the one rule for training, serving and
-evaluation."""
+evaluation; and the words a results page uses for the machine it ran on."""
 
 from __future__ import annotations
+
+import contextlib
+import os
+import platform
+from pathlib import Path
 
 import torch
 
@@ -16,3 +21,18 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} was asked for, but torch sees no CUDA device")
     return torch.device(device)
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo, or what `platform` knows elsewhere."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def describe_machine(device: torch.device) -> str:
+    """The processor that did the work, the core count and torch's version, in one line."""
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    return f"{where}, {os.cpu_count()} CPU cores, torch {torch.__version__}"

@@ -129,6 +129,11 @@ class Settings(BaseSettings):
         le=256,
         description="server processes sharing the port, each its own engine (>1: shared stores)",
     )
+    comparison_report: Path | None = Field(
+        None,
+        description="the report.json `python -m models.compare --report` writes, shown in "
+        "the page's Compare view (unset: the view says how to make one)",
+    )
     cors_origins: str = Field(
         "",
         description="comma-separated origins whose pages may call the API, e.g. "

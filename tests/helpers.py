@@ -51,6 +51,20 @@ def make_tiny_store(model_dir: Path) -> Path:
     return model_dir
 
 
+def make_comparison_report(folder: Path, epochs: int = 3) -> Path:
+    """A real `models.compare --report` run on the built-in corpus: three tiny kinds, batches
+    so wide that an epoch is 8 steps (one validation point each); returns the report.json it
+    writes (folder/comparison/report.json)."""
+    page = folder / "comparison.md"
+    cmd = [sys.executable, "-m", "models.compare", "--epochs", str(epochs), "--batch-size", "256"]
+    cmd += ["--max-steps", "1000", "--embedding-size", "8", "--hidden-size", "8"]
+    cmd += ["--report", str(page)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return folder / "comparison" / "report.json"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

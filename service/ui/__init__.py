@@ -10,11 +10,12 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from ..settings import Settings
-from . import docs, pages, pictures
+from . import comparison, docs, pages, pictures
 
 
 def install(app: FastAPI, settings: Settings) -> None:
-    for module in (pages, docs, pictures):
+    # The report before the pages: `/ui/{view}` would take its path for a view name.
+    for module in (comparison, pages, docs, pictures):
         app.include_router(module.router)
     origins = settings.cors_origin_list
     if origins:

@@ -20,7 +20,7 @@ from ..errors import ApiError
 router = APIRouter(include_in_schema=False)
 
 STATIC = Path(__file__).parent / "static"
-VIEWS = ("predict", "gates", "longrange", "train", "models")
+VIEWS = ("predict", "gates", "longrange", "train", "models", "compare")
 _TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",

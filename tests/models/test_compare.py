@@ -1,6 +1,7 @@
 """models.compare and its parts: equal-parameter widths, kernel timings, the written page."""
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from models.compare import load_corpus
-from models.compare_report import gru_verdict
+from models.compare_report import REPORT_FORMAT, gru_verdict, kernels_of, report_data
 from models.compare_sizes import matched_sizes, size
 from models.compare_speed import measure
 from models.lm import ARCHS, RNNLM, ModelConfig
@@ -128,6 +129,31 @@ def test_the_comparison_writes_its_page_end_to_end(wiki_dir: Path, tmp_path: Pat
     for name in ("val_ppl_by_epoch.png", "val_ppl_by_seconds.png", "long_range_by_gap.png"):
         assert (folder / name).read_bytes()[:8] == PNG
         assert f"(comparison/{name})" in text
+    data = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    assert data["format"] == REPORT_FORMAT and data["verdict"] in text
+    assert data["setup"]["device"] == "cpu" and "torch" in data["setup"]["machine"]
+    assert [s["hidden_size"] for s in data["sizes"]] == [sizes[a].hidden_size for a in ARCHS]
+    for kind in data["kinds"]:
+        assert f"| {kind['arch']} | {kind['epochs']} | {kind['steps']} |" in text
+        assert kind["curve"] and all(p["seconds"] > 0 for p in kind["curve"])
+        assert set(kind["long_range_by_gap"]) == {"1", "2", "3", "4", "5"}
+
+
+def test_the_verdict_names_the_kernels_it_timed() -> None:
+    lstm = {"arch": "lstm", "core_train_ms": 10.0, "core_forward_ms": 4.0, "tokens_per_s": 100.0}
+    gru = {"arch": "gru", "core_train_ms": 8.0, "core_forward_ms": 3.0, "tokens_per_s": 120.0}
+    assert "for the cuDNN kernels" in gru_verdict([lstm, gru], kernels_of("cuda"))
+    assert "for the CPU kernels" in gru_verdict([lstm, gru], kernels_of("cpu"))
+
+
+def test_report_data_is_strict_json() -> None:
+    row = {"arch": "rnn", "val_ppl": float("nan"), "tokens_per_s": 10.0, "history": []}
+    row["history"] = [{"epoch": 1, "step": 2, "val_ppl": float("inf"), "tokens_per_s": 0.0}]
+    data = report_data([row], {}, {"device": "cpu"}, 70, "no verdict")
+    text = json.dumps(data, allow_nan=False)  # raises on NaN or infinity
+    assert json.loads(text)["kinds"][0]["curve"][0] == {
+        "epoch": 1, "step": 2, "seconds": None, "val_ppl": None, "train_ppl": None,
+    }  # fmt: skip
 
 
 def test_a_budget_must_be_positive(wiki_dir: Path) -> None:

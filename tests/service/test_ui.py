@@ -9,6 +9,7 @@ the page's Content-Security-Policy forbids the eval Playwright would use for tho
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import httpx
 import pytest
 
 from bench.bench_ui import CHROMIUM, LAUNCH_ARGS
-from tests.helpers import REPO, TINY_TEXT, ServerProcess
+from tests.helpers import REPO, TINY_TEXT, ServerProcess, make_comparison_report
 
 pytestmark = [
     pytest.mark.numerics,
@@ -68,8 +69,14 @@ def wait_all_models(server: ServerProcess, names: set[str], timeout: float = 600
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    s = ServerProcess(tmp_path_factory.mktemp("ui") / "models", "--api-key", KEY)
+def comparison(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_comparison_report(tmp_path_factory.mktemp("compare"))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, comparison: Path) -> Iterator[ServerProcess]:
+    store = tmp_path_factory.mktemp("ui") / "models"
+    s = ServerProcess(store, "--api-key", KEY, "--comparison-report", str(comparison))
     try:
         s.wait_ready(timeout=600)
         wait_all_models(s, {"rnn", "lstm", "gru"})
@@ -124,6 +131,7 @@ READY = {
     "longrange": "#longrange-chart[data-state=ready]",
     "train": "#train-form",
     "models": "#models-list[data-state=ready]",
+    "compare": "#compare-report[data-state=ready]",
 }
 
 
@@ -337,6 +345,30 @@ def error_shown(page, selector: str, status: int) -> str:  # type: ignore[no-unt
     return page.inner_text(selector)
 
 
+def test_the_compare_view_draws_the_report(page, server: ServerProcess, comparison: Path) -> None:
+    report = json.loads(comparison.read_text(encoding="utf-8"))
+    page.goto(server.url + "/ui/compare")
+    page.wait_for_selector("#compare-report[data-state=ready]")
+    rows = "#compare-table tr[data-arch]"
+    archs = page.eval_on_selector_all(rows, "rs => rs.map(r => r.dataset.arch)")
+    assert archs == [k["arch"] for k in report["kinds"]] == ["rnn", "lstm", "gru"]
+    assert page.inner_text("#compare-verdict") == report["verdict"]
+    by_key = "cs => Object.fromEntries(cs.map(c => [c.dataset.key, c.textContent]))"
+    for kind in report["kinds"]:
+        shown = page.eval_on_selector_all(f"{rows}[data-arch={kind['arch']}] td", by_key)
+        assert shown["val_ppl"] == f"{kind['val_ppl']:.1f}"
+        assert shown["steps"] == str(kind["steps"])
+    points = sum(len(k["curve"]) for k in report["kinds"])
+    for chart in ("#compare-by-epoch", "#compare-by-seconds"):
+        assert page.get_attribute(chart, "data-points") == str(points)
+        assert page.locator(f"{chart} path.series").count() == 3
+    gaps = sum(len(k["long_range_by_gap"]) for k in report["kinds"])
+    assert page.get_attribute("#compare-gaps", "data-points") == str(gaps)
+    assert report["setup"]["machine"] in page.inner_text("#compare-setup")
+    shot(page, "compare")
+    assert not page.rec.script_errors() and not page.rec.foreign()
+
+
 def test_api_errors_are_shown_in_place(page, server: ServerProcess) -> None:
     page.goto(server.url + "/ui/train")
     page.fill("#train-name", "no-key")
@@ -373,6 +405,10 @@ def test_503_while_no_model_is_loaded(browser, tmp_path: Path, tiny_store: Path)
         staged.rename(empty.model_dir / "lstm")
         page.wait_for_selector(".predict-column[data-state=ready][data-model=lstm]")
         page.wait_for_selector("#banner", state="hidden")
+        # Started without --comparison-report: the Compare view says how to make a report.
+        page.click("nav a[data-view=compare]")
+        shown = error_shown(page, "#compare-error", 404)
+        assert "python -m models.compare" in shown and "--comparison-report" in shown
         assert not page.rec.script_errors() and not page.rec.foreign()
         page.context.close()
     finally:

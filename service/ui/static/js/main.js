@@ -1,12 +1,13 @@
 // Entry point: the views behind one navigation bar, chosen by the URL path (/ui/<view>).
 import * as api from "./api.js";
+import * as compare from "./compare.js";
 import * as gates from "./gates.js";
 import * as longrange from "./longrange.js";
 import * as models from "./models.js";
 import * as predict from "./predict.js";
 import * as train from "./train.js";
 
-const VIEWS = { predict, gates, longrange, train, models };
+const VIEWS = { predict, gates, longrange, train, models, compare };
 const mounted = {};
 
 function viewOf(path) {

@@ -45,8 +45,8 @@ export function mount(root) {
   const refresh = el("button", { type: "button" }, "Refresh");
   root.append(
     el("h2", {}, "Models"),
-    el("p", { class: "hint" }, "Every served model with its versions, sizes and the metrics saved in its meta.json. The chart puts each served version's validation curve side by side, each from its own recipe; to compare the three kinds on one budget and one corpus, run ",
-      el("code", {}, "python -m models.compare --plot val.png"), "."),
+    el("p", { class: "hint" }, "Every served model with its versions, sizes and the metrics saved in its meta.json. The chart puts each served version's validation curve side by side, each from its own recipe; the three kinds on one budget and one corpus are in the ",
+      el("a", { href: "/ui/compare" }, "Compare"), " view."),
     refresh, error, list);
 
   async function load() {
