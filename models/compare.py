@@ -290,8 +290,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m models.compare") 
         plot_history(results, args.plot)
         print(f"plot: {args.plot}")
     if args.report:
-        first = next(iter(results.values())).config
-        device = next(iter(results.values())).model.decoder.weight.device
+        first_run = next(iter(results.values()))
+        first, device = first_run.config, first_run.model.decoder.weight.device
         reference = make_configs(args, ("lstm",), not files)["lstm"].hidden_size
         setup = {
             "command": " ".join([prog, *(argv if argv is not None else sys.argv[1:])]),

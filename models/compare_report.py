@@ -13,6 +13,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,20 @@ Row = dict[str, Any]
 # mkstemp makes files only their owner may read; a page, its plots and the report a server
 # (often another user) reads are meant to be read by everyone, as `open` would leave them.
 _READABLE = 0o644
+
+
+def _replace_atomically(path: Path, fill: Callable[[str], object]) -> None:
+    """`fill(tmp)` writes a file beside `path`, which is then renamed over it: a reader sees
+    the old file or the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix)
+    os.close(fd)
+    try:
+        os.chmod(tmp, _READABLE)
+        fill(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def train_seconds(entry: dict[str, Any], tokens_per_step: int) -> float:
@@ -54,13 +69,10 @@ def _plot(
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    # Written beside the target and renamed over it: a reader never sees half a PNG.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    os.chmod(tmp, _READABLE)
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        _replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=100))
+    finally:
+        plt.close(fig)
 
 
 def write_plots(rows: list[Row], folder: Path, tokens_per_step: int) -> list[str]:
@@ -210,14 +222,6 @@ def report_data(
     )
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix)
-    os.chmod(tmp, _READABLE)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_report(
     path: str, rows: list[Row], sizes: dict[str, Size], setup: dict[str, Any], tokens_per_step: int
 ) -> None:
@@ -228,5 +232,7 @@ def write_report(
     plots = write_plots(rows, folder, tokens_per_step)
     verdict = gru_verdict(rows, kernels_of(setup.get("device", "cpu")))
     data = report_data(rows, sizes, setup, tokens_per_step, verdict)
-    _write_atomically(folder / "report.json", json.dumps(data, indent=1) + "\n")
-    _write_atomically(page, markdown(rows, sizes, setup, plots, folder.name, verdict))
+    text = json.dumps(data, indent=1) + "\n"
+    _replace_atomically(folder / "report.json", lambda t: Path(t).write_text(text, "utf-8"))
+    text = markdown(rows, sizes, setup, plots, folder.name, verdict)
+    _replace_atomically(page, lambda t: Path(t).write_text(text, "utf-8"))

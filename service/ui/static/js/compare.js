@@ -30,15 +30,20 @@ function numbers(kinds, sizes) {
     }));
 }
 
+// A titled chart; data-points counts what it drew, for the page's tests and for people.
+function chartBox(id, title, series, opts) {
+  const points = series.reduce((n, s) => n + s.points.length, 0);
+  return el("div", { class: "chart", id, dataset: { points: String(points) } },
+    el("h4", {}, title), lineChart(series, { width: 390, height: 250, ...opts }));
+}
+
 function curveChart(id, title, kinds, x, xLabel) {
   const series = kinds.map((k, i) => ({
     name: k.arch,
     colour: colourFor(k.arch, i),
     points: k.curve.filter((p) => Number.isFinite(p[x]) && Number.isFinite(p.val_ppl)).map((p) => [p[x], p.val_ppl]),
   }));
-  return el("div", { class: "chart", id, dataset: { points: String(series.reduce((n, s) => n + s.points.length, 0)) } },
-    el("h4", {}, title),
-    lineChart(series, { width: 390, height: 250, xLabel, yLabel: "validation perplexity", log: true }));
+  return chartBox(id, title, series, { xLabel, yLabel: "validation perplexity", log: true });
 }
 
 function gapChart(kinds) {
@@ -49,9 +54,8 @@ function gapChart(kinds) {
     colour: colourFor(k.arch, i),
     points: Object.entries(k.long_range_by_gap).map(([g, acc]) => [Number(g), acc]).sort((a, b) => a[0] - b[0]),
   }));
-  return el("div", { class: "chart", id: "compare-gaps", dataset: { points: String(series.reduce((n, s) => n + s.points.length, 0)) } },
-    el("h4", {}, "long-range accuracy by gap (built-in prompts)"),
-    lineChart(series, { width: 390, height: 250, xLabel: "gap (filler sentences)", yLabel: "top-1 accuracy", yMin: 0, yMax: 1 }));
+  return chartBox("compare-gaps", "long-range accuracy by gap (built-in prompts)", series,
+    { xLabel: "gap (filler sentences)", yLabel: "top-1 accuracy", yMin: 0, yMax: 1 });
 }
 
 function setupList(setup) {
